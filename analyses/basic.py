@@ -1,0 +1,118 @@
+"""Basic attention statistics per head: first-token ("sink") mass and attention entropy.
+
+For a text of ``n`` tokens and head ``(l, h)`` with attention pattern ``A[query_pos, key_pos]`` (rows sum to 1):
+
+    first_token_mass(l, h) = mean_{i=1..n-1} A[i, 0]                  (Xiao et al. 2023, "attention sinks")
+    entropy(l, h)          = mean_{i=1..n-1} -sum_j A[i, j] log A[i, j]   (nats; Vig & Belinkov 2019)
+
+Query position 0 is left out (its row is trivially ``[1]``). Means run over all query positions of all texts
+(``n_samples`` = number of query positions). Patterns come from ``interp.run_with_cache`` at
+``Site(layer, "pattern")``. Validated in ``tests/integration/test_cli.py`` against an independent float64
+recomputation from HF eager attention weights (``output_attentions=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+DEFAULT_PARAMS = {"n_tokens": 128, "n_texts": 4, "texts_file": None}
+
+TEXTS = [
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type, oil-based ink and a wooden screw press into a system that could produce books far "
+    "faster than scribes. Within fifty years, presses were operating in more than two hundred European cities, "
+    "and millions of volumes had been printed. Prices fell, literacy rose, and ideas travelled further than ever "
+    "before, reshaping religion, science and politics across the continent.",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n"
+    "        a, b = b, a + b\n    return a\n\n\ndef is_prime(k):\n    if k < 2:\n        return False\n"
+    "    for d in range(2, int(k ** 0.5) + 1):\n        if k % d == 0:\n            return False\n"
+    "    return True\n\n\nprint([fibonacci(i) for i in range(10) if is_prime(fibonacci(i))])\n",
+    "Mary went to the market on Saturday morning to buy apples, bread and cheese. At the market she met her old "
+    "friend John, who was selling honey from his farm. John gave Mary a small jar of honey as a gift, and Mary "
+    "promised to bring him a loaf of her homemade bread the following week. When she came back, John had saved "
+    "the best jar of the season for her, and they talked for an hour about the weather and the harvest.",
+    "Photosynthesis converts light energy into chemical energy. In the light-dependent reactions, chlorophyll "
+    "absorbs photons and water molecules are split, releasing oxygen. The energy is stored as ATP and NADPH, "
+    "which drive the Calvin cycle, where carbon dioxide is fixed into three-carbon sugars. These sugars are the "
+    "starting point for glucose, starch and cellulose, the molecules on which nearly all life on Earth depends "
+    "for food, fuel and structure.",
+]
+
+
+def _texts(params) -> list[str]:
+    if params.get("texts_file"):
+        raw = Path(params["texts_file"]).read_text(encoding="utf-8")
+        texts = [t.strip() for t in raw.split("\n\n") if t.strip()]
+    else:
+        texts = TEXTS
+    n = int(params.get("n_texts") or len(texts))
+    if n < 1:
+        raise ValueError(f"n_texts must be >= 1, got {n}")
+    return texts[:n]
+
+
+def data_files(params) -> list[dict]:
+    """Data read by this analysis: the texts file if given, else the built-in texts (hashed as one blob)."""
+    if params.get("texts_file"):
+        return [{"path": str(params["texts_file"])}]
+    blob = "\n\n".join(_texts(params)).encode()
+    return [{"path": "builtin:interp.analyses.basic.TEXTS", "sha256": hashlib.sha256(blob).hexdigest()}]
+
+
+def head_stats(pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query first-token mass and entropy, ``[head, query_pos - 1]`` each, from ``[head, query_pos, key_pos]``."""
+    p = pattern[:, 1:, :].double()
+    mass = p[:, :, 0]
+    ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+    return mass, ent
+
+
+@torch.no_grad()
+def run(model, params: dict, out_dir=None) -> dict:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from interp.hooks import run_with_cache
+    from interp.scores import ScoreTable
+    from interp.sites import Site
+
+    n_tokens = int(params.get("n_tokens") or DEFAULT_PARAMS["n_tokens"])
+    if n_tokens < 2:
+        raise ValueError(f"n_tokens must be >= 2 (query position 0 is excluded), got {n_tokens}")
+    if model.shape.n_ctx:
+        n_tokens = min(n_tokens, model.shape.n_ctx)
+    s = model.shape
+    sites = [Site(layer, "pattern") for layer in range(s.n_layers)]
+    mass_sum = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
+    ent_sum = torch.zeros_like(mass_sum)
+    n_q = 0
+    per_token = []
+    for t, text in enumerate(tqdm(_texts(params), desc="attention_basics", leave=False)):
+        ids = torch.tensor([model.tokenizer(text)["input_ids"][:n_tokens]], dtype=torch.long)  # [1, pos]
+        if ids.shape[1] < 2:
+            raise ValueError(f"text {t} has fewer than 2 tokens; give longer texts")
+        _, cache = run_with_cache(model, ids, sites)
+        tokens = model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+        for layer in range(s.n_layers):
+            mass, ent = head_stats(cache[Site(layer, "pattern")][0])  # [head, query_pos - 1]
+            mass_sum[layer] += mass.sum(-1)
+            ent_sum[layer] += ent.sum(-1)
+            pos = torch.arange(1, ids.shape[1]).repeat(s.n_heads)
+            per_token.append(pd.DataFrame({
+                "text": t, "pos": pos.numpy(), "token": [tokens[i] for i in pos.tolist()], "layer": layer,
+                "head": torch.arange(s.n_heads).repeat_interleave(ids.shape[1] - 1).numpy(),
+                "value": mass.reshape(-1).numpy()}))
+        n_q += ids.shape[1] - 1
+    common = dict(model=model.name, analysis="attention_basics", n_samples=n_q)
+    scores = ScoreTable.concat([
+        ScoreTable.from_matrix(mass_sum / n_q, score="first_token_mass", **common),
+        ScoreTable.from_matrix(ent_sum / n_q, score="entropy", **common),
+    ])
+    pt = pd.concat(per_token, ignore_index=True)
+    pt.insert(0, "score", "first_token_mass")
+    pt.insert(0, "analysis", "attention_basics")
+    pt.insert(0, "model", model.name)
+    return {"scores": scores, "per_token": pt}

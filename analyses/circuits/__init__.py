@@ -1,0 +1,24 @@
+"""Circuit discovery on any supported HF model (Llama / Qwen2 / Gemma), GQA-native, over the edge graph of
+``interp.graph``: EAP, EAP-IG, ACDC, direct logit attribution, faithfulness curves, the IOI task.
+
+    from interp.analyses import circuits as C
+    task = C.ioi_task(model, 16).tokens(model)
+    circ = C.eap(model, task.clean, task.corrupt, task.metric)
+    curve = C.faithfulness_curve(model, task.clean, task.corrupt, circ, task.metric)
+
+Not implemented here: path patching and the All-for-One staged intervention.
+"""
+
+from __future__ import annotations
+
+from .acdc import acdc, acdc_order
+from .circuit import Circuit, circuit_figure
+from .dla import dla, dla_nodes
+from .eap import eap, eap_scores
+from .eap_ig import eap_ig, eap_ig_scores
+from .faithfulness import FaithfulnessCurve, circuit_metric, faithfulness, faithfulness_curve
+from .tasks import Task, TaskTokens, ioi_task, kl_to_clean, logit_diff
+
+__all__ = ["Circuit", "FaithfulnessCurve", "Task", "TaskTokens", "acdc", "acdc_order", "circuit_figure",
+           "circuit_metric", "dla", "dla_nodes", "eap", "eap_ig", "eap_ig_scores", "eap_scores", "faithfulness",
+           "faithfulness_curve", "ioi_task", "kl_to_clean", "logit_diff"]

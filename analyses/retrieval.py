@@ -1,0 +1,210 @@
+"""Retrieval heads (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context Factuality").
+
+Retrieval score of head (l, h) on one NIAH sample (official ``retrieval_head_detection.py``): the prompt minus
+its last token is prefilled, then greedy decoding feeds that last token and each generated token in turn.
+At decode step t the query is the token fed at step t and the model emits ``w_t = argmax logits_t``; with
+``j_t(l, h) = argmax_j A_t(l, h)[j]`` the argmax key of that *same* forward (cache included),
+
+    score(l, h) = Σ_t [start ≤ j_t < end  and  prompt[j_t] = w_t] / (end − start)
+
+where ``[start, end)`` is the needle span (``niah.find_needle_span``). That is, the key a head looks at most
+while producing ``w_t`` is compared with ``w_t`` itself (the official code compares the argmax of step t's
+attention with the token generated from step t's logits). Decoding stops after 50 tokens or after a token
+containing a newline (the official stop; we also stop at end-of-sequence tokens, which carry no answer).
+A sample's scores are kept only when ROUGE-1 recall of the answer vs ``real_needle`` > 0.5; the head score is
+the mean over kept samples and heads scoring > 0.1 are retrieval heads. Results read/write the paper's JSON
+``{"l-h": [per-sample scores]}``.
+
+Implementation: prefill uses SDPA (no pattern); at every decode step the interp attention function hands each
+layer's post-RoPE ``query [1, head, 1, d_head]`` and cached ``key [1, kv_head, key_pos, d_head]`` to
+``ArgmaxCapture``, which asks the statistics engine for the argmax key only. Validated in
+``tests/unit/test_retrieval*.py`` against an eager decode with ``output_attentions`` scored by a direct
+transcription of the official loop, and on hand-worked argmax sequences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .niah import rouge1_recall
+
+DEFAULT_PARAMS = {"lengths": [500, 1000, 1500], "depths": [0, 50, 100], "needles": [0, 1, 2],
+                  "max_new_tokens": 50, "threshold": 0.1, "buffer": 200, "checkpoint": None}
+
+
+class ArgmaxCapture:
+    """Statistics capture for the hook runtime: per decode step, the argmax key of every head of every layer.
+
+    ``step`` maps layer → ``[head]`` int64 argmax key positions of the current decode step; prefill forwards
+    (``active`` False, or more than one query row) are ignored.
+    """
+
+    def __init__(self, n_layers: int, impl: str = "auto"):
+        self._layers = list(range(n_layers))
+        self.impl = impl
+        self.active = False
+        self.step: dict[int, torch.Tensor] = {}
+
+    def layers(self, model):
+        return self._layers
+
+    def wants_lse(self) -> bool:
+        return False
+
+    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window):
+        if not self.active or query.shape[2] != 1:
+            return
+        if query.shape[0] != 1:
+            raise ValueError(f"retrieval scoring decodes one prompt at a time, got batch {query.shape[0]}")
+        from interp.kernels.attention_stats import compute_attention_stats
+
+        res = compute_attention_stats(query.detach(), key.detach(), stats=["argmax"], scale=scaling,
+                                      window=window, softcap=softcap, impl=self.impl)
+        self.step[layer] = res["argmax"][0, :, 0].long().cpu()
+
+
+def _is_stop(model, token: int) -> bool:
+    tok = model.tokenizer
+    eos = {getattr(tok, "eos_token_id", None), getattr(model.hf.generation_config, "eos_token_id", None)}
+    eos = {x for e in eos for x in (e if isinstance(e, (list, tuple)) else [e]) if x is not None}
+    return token in eos or "\n" in tok.decode([token])
+
+
+@torch.no_grad()
+def decode_with_argmax(model, prompt_ids, *, max_new_tokens: int = 50, handlers=None, capture: bool = True):
+    """Greedy decode after ``prompt_ids`` [pos] exactly as the official code (prefill all but the last token).
+
+    Returns ``(generated [step] list[int], argmax [step, layer, head] int64 array)`` (``argmax`` is ``None``
+    when ``capture=False``). ``handlers``: extra ``{Site: fn}`` hooks active during prefill and decode.
+    """
+    ids = [int(x) for x in (prompt_ids.tolist() if hasattr(prompt_ids, "tolist") else prompt_ids)]
+    if len(ids) < 2:
+        raise ValueError(f"the prompt needs at least 2 tokens (prefill + first decode step), got {len(ids)}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    model.check_tokens(torch.tensor([ids]))
+    cap = ArgmaxCapture(model.shape.n_layers) if capture else None
+    dev = model.device
+    generated, rows = [], []
+    with model.hooks(handlers or {}, stats=cap):
+        out = model.hf(input_ids=torch.tensor([ids[:-1]], device=dev), use_cache=True)
+        past, inp = out.past_key_values, ids[-1]
+        if cap is not None:
+            cap.active = True
+        for _ in range(max_new_tokens):
+            if cap is not None:
+                cap.step = {}
+            out = model.hf(input_ids=torch.tensor([[inp]], device=dev), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            inp = int(out.logits[0, -1].argmax())
+            generated.append(inp)
+            if cap is not None:
+                rows.append(torch.stack([cap.step[layer] for layer in range(model.shape.n_layers)]))
+            if _is_stop(model, inp):
+                break
+    argmax = torch.stack(rows).numpy() if cap is not None else None
+    return generated, argmax
+
+
+def retrieval_scores_from_argmax(argmax, generated, prompt_ids, span) -> np.ndarray:
+    """Per-sample retrieval score ``[layer, head]`` (float64) from argmax keys ``[step, layer, head]``.
+
+    ``generated[t]`` is the token produced from step t's logits; ``prompt_ids`` [pos]; ``span = (start, end)``
+    (``(-1, -1)``: needle not found → all zeros, as in the official code).
+    """
+    a = np.asarray(argmax)
+    gen = np.asarray(generated, dtype=np.int64)
+    if a.ndim != 3 or a.shape[0] != gen.shape[0]:
+        raise ValueError(f"argmax must be [step, layer, head] with one step per generated token, got "
+                         f"{a.shape} for {gen.shape[0]} tokens")
+    start, end = int(span[0]), int(span[1])
+    out = np.zeros(a.shape[1:], dtype=np.float64)
+    if end <= start:
+        return out
+    prompt = np.asarray(prompt_ids, dtype=np.int64)
+    in_span = (a >= start) & (a < end)
+    tok_at = prompt[np.clip(a, 0, len(prompt) - 1)]
+    hits = in_span & (tok_at == gen[:, None, None])
+    return hits.sum(0) / (end - start)
+
+
+def score_sample(model, sample, *, max_new_tokens: int = 50, handlers=None, capture: bool = True) -> dict:
+    """Decode one ``NiahSample``; returns response, ROUGE-1 recall, ``kept`` and per-head ``scores``."""
+    gen, argmax = decode_with_argmax(model, sample.prompt_ids, max_new_tokens=max_new_tokens, handlers=handlers,
+                                     capture=capture)
+    response = model.tokenizer.decode(gen, skip_special_tokens=True).strip()
+    rouge = rouge1_recall(sample.real_needle, response)
+    rec = {"response": response, "rouge": rouge, "kept": rouge > 0.5, "n_generated": len(gen)}
+    if capture:
+        rec["scores"] = retrieval_scores_from_argmax(argmax, gen, sample.prompt_ids, sample.span).tolist()
+    return rec
+
+
+# --- the paper's head counter and JSON --------------------------------------------------------------------
+
+def head_counter(records) -> dict[str, list[float]]:
+    """``{"l-h": [score of each kept sample]}`` in record order (the official ``head_counter``)."""
+    kept = [r for r in records if r["kept"]]
+    if not records:
+        return {}
+    s = np.asarray(records[0]["scores"])
+    return {f"{l}-{h}": [float(r["scores"][l][h]) for r in kept] for l in range(s.shape[0]) for h in range(s.shape[1])}
+
+
+def retrieval_head_scores(counter: dict, n_layers: int, n_heads: int) -> np.ndarray:
+    """``[layer, head]`` mean score over kept samples (NaN for a head with no kept sample)."""
+    out = np.full((n_layers, n_heads), np.nan)
+    for key, vals in counter.items():
+        l, h = (int(x) for x in key.split("-"))
+        if not (0 <= l < n_layers and 0 <= h < n_heads):
+            raise ValueError(f"head {key!r} is outside a model of {n_layers} layers × {n_heads} heads")
+        if vals:
+            out[l, h] = float(np.mean(vals))
+    return out
+
+
+def top_heads(scores, *, threshold: float | None = 0.1, k: int | None = None) -> list[tuple[int, int]]:
+    """Heads ``(layer, head)`` by descending score: those above ``threshold`` and/or the top ``k``."""
+    s = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
+    order = np.argsort(-s, axis=None, kind="stable")
+    heads = [tuple(int(x) for x in np.unravel_index(i, s.shape)) for i in order]
+    if threshold is not None:
+        heads = [(l, h) for l, h in heads if s[l, h] > threshold]
+    return heads[:k] if k is not None else heads
+
+
+def save_retrieval_json(counter: dict, path) -> None:
+    """Write ``{"l-h": [scores]}`` atomically (temp file + rename), as the official ``head_score/*.json``."""
+    for key, vals in counter.items():
+        if not isinstance(vals, (list, tuple)):
+            raise TypeError(f"value of {key!r} must be a list of per-sample scores, got {type(vals).__name__}")
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({k: [float(v) for v in vals] for k, vals in counter.items()}, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_retrieval_json(path) -> dict[str, list[float]]:
+    """Read a ``{"l-h": [scores]}`` file (ours or the official ``head_score/<model>.json``)."""
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{'layer-head': [scores]}}, got {type(data).__name__}")
+    for key, vals in data.items():
+        parts = key.split("-")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or not isinstance(vals, list):
+            raise ValueError(f"{path}: bad entry {key!r}; keys must be 'layer-head' and values lists")
+    return {k: [float(v) for v in vals] for k, vals in data.items()}

@@ -1,0 +1,69 @@
+"""Where things live in a HF module tree: decoder layers, attention, MLP, norms, embedding, unembedding.
+
+One small adapter instead of per-architecture classes: HF decoder-only models share a layout
+(``<base>.layers[i].self_attn.{q,k,v,o}_proj``, ``.mlp``, ``<base>.embed_tokens``, ``<base>.norm``, ``lm_head``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+@dataclass
+class Arch:
+    base_path: str  # e.g. "model" or "model.language_model"
+    layers: nn.ModuleList
+    embed: nn.Module
+    final_norm: nn.Module | None
+    lm_head: nn.Module
+    pre_mlp_norm: str  # attribute of a decoder layer whose *input* is resid_mid
+
+    def attn(self, layer: int) -> nn.Module:
+        return self.layers[layer].self_attn
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp
+
+    def path(self, layer: int | None, part: str) -> str:
+        """HF module path of a part ("layer", "self_attn", "self_attn.o_proj", "mlp", "embed", "lm_head")."""
+        if part == "embed":
+            return f"{self.base_path}.embed_tokens"
+        if part == "lm_head":
+            return "lm_head"
+        if part == "norm":
+            return f"{self.base_path}.norm"
+        suffix = "" if part == "layer" else f".{part}"
+        return f"{self.base_path}.layers.{layer}{suffix}"
+
+
+def _get(root: nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def locate(hf: nn.Module) -> Arch:
+    for base in ("model", "model.language_model", "language_model.model", "model.model"):
+        layers = _get(hf, f"{base}.layers")
+        if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], "self_attn"):
+            attn = layers[0].self_attn
+            if not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+                break
+            lm_head = getattr(hf, "lm_head", None)
+            if lm_head is None:
+                break
+            pre = "pre_feedforward_layernorm" if hasattr(layers[0], "pre_feedforward_layernorm") \
+                else "post_attention_layernorm"
+            return Arch(base, layers, _get(hf, f"{base}.embed_tokens"), _get(hf, f"{base}.norm"), lm_head, pre)
+    raise UnsupportedArchitectureError(
+        f"{type(hf).__name__} is not a supported layout: interp needs a decoder-only HF model with "
+        "`layers[i].self_attn.{q,k,v,o}_proj` (Llama, Mistral, Qwen2/3, Gemma 2/3, LLaVA's language model…)")

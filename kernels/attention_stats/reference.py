@@ -1,0 +1,143 @@
+"""Dense float64 reference implementation: the executable spec (small sequences only, O(n^2) memory).
+
+With ``abs_i = i + query_offset``, GQA group ``g = head // kv_head`` (query head h reads kv head h // g):
+
+    s_ij = scale * q_i . k_j                    (then s_ij = softcap * tanh(s_ij / softcap) if softcap)
+    allowed_ij = j <= abs_i  and  abs_i - j < window (if window)  and  pad_j  and  pad_{abs_i}
+    A_ij = exp(s_ij - lse_i) on allowed keys, 0 elsewhere;   lse_i = log sum_{allowed j} exp(s_ij)
+
+Row stats [batch, head, query_pos]:
+    lse, max = max_{allowed} s_ij, entropy = -sum_j A_ij log A_ij, entropy_norm = entropy / log(n_keys_i)
+    argmax = first j maximising A_ij; topk_idx / topk_prob = the top_k keys by A (ties: smaller j first,
+    padded with -1 / 0); mass_first = sum_{j < sink_k} A_ij; mass_keyset = sum_{key_set_j} A_ij;
+    mass_recent = sum_{abs_i - j < recent_w} A_ij; mass_self = A_{i, abs_i}; prev_token = A_{i, abs_i - 1};
+    attn_distance = sum_j A_ij min(abs_i - j, distance_cap);
+    duplicate = sum_{j < abs_i, tok_j = tok_{abs_i}} A_ij; induction = sum_{1 <= j <= abs_i, tok_{j-1} = tok_{abs_i}} A_ij
+Column stats [batch, head, key_pos] (sums over valid rows):
+    col_sum_j = sum_i A_ij; col_alpha_j = col_sum_j / n_rows_j; col_entropy_j = -sum_i p_ij log p_ij with
+    p_ij = A_ij / col_sum_j (0 where col_sum_j = 0).
+Padding rows: see ``_spec`` (zeros, lse/max -inf, indices -1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._spec import StatsSpec, output_names
+
+
+def allowed_mask(spec: StatsSpec, batch: int, query_pos: int, key_pos: int, device) -> torch.Tensor:
+    """Bool [batch, 1, query_pos, key_pos]: key j allowed for valid query row i."""
+    absi = torch.arange(query_pos, device=device)[:, None] + spec.query_offset
+    j = torch.arange(key_pos, device=device)[None, :]
+    m = j <= absi
+    if spec.window is not None:
+        m = m & (absi - j < spec.window)
+    m = m[None].expand(batch, query_pos, key_pos)
+    if spec.key_padding_mask is not None:
+        pad = spec.key_padding_mask
+        qpad = pad[:, spec.query_offset:spec.query_offset + query_pos]
+        m = m & pad[:, None, :] & qpad[:, :, None]
+    return m[:, None]
+
+
+def reference_pattern(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec):
+    """Dense float64 pattern (small n only).
+
+    q: [batch, head, query_pos, d_head]; k: [batch, kv_head, key_pos, d_head].
+    Returns (A [batch, head, query_pos, key_pos], masked logits (-inf where not allowed, same shape),
+    allowed bool [batch, 1, query_pos, key_pos]); padding rows have A = 0.
+    """
+    batch, head, query_pos, _ = q.shape
+    kv_head, key_pos = k.shape[1], k.shape[2]
+    f64 = torch.float64
+    kf = k.to(f64).repeat_interleave(head // kv_head, dim=1)
+    s = spec.scale * torch.matmul(q.to(f64), kf.transpose(-1, -2))  # [batch, head, query_pos, key_pos]
+    if spec.softcap is not None:
+        s = spec.softcap * torch.tanh(s / spec.softcap)
+    allowed = allowed_mask(spec, batch, query_pos, key_pos, q.device)
+    sm = s.masked_fill(~allowed, -math.inf)
+    lse = torch.logsumexp(sm, -1, keepdim=True)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    A = torch.where(allowed, torch.exp(sm - lse), torch.zeros_like(sm))
+    return A, sm, allowed
+
+
+def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[str, torch.Tensor]:
+    """Dense float64 stats.
+
+    q: [batch, head, query_pos, d_head]; k: [batch, kv_head, key_pos, d_head].
+    Returns row stats [batch, head, query_pos] (topk_* [batch, head, query_pos, top_k]) and column stats
+    [batch, head, key_pos]; float64 values, int64 indices.
+    """
+    batch, head, query_pos, _ = q.shape
+    key_pos = k.shape[2]
+    dev, st, f64 = q.device, spec.stats, torch.float64
+    A, sm, allowed = reference_pattern(q, k, spec)
+    s = sm
+    valid_row = allowed.any(-1)  # [batch, 1, query_pos]
+    lse = torch.logsumexp(sm, -1)
+    logA = torch.where(A > 0, torch.log(torch.where(A > 0, A, torch.ones_like(A))), torch.zeros_like(A))
+    absi = torch.arange(query_pos, device=dev) + spec.query_offset
+    j = torch.arange(key_pos, device=dev)
+    dist = (absi[:, None] - j[None, :]).to(f64)  # abs_i - j
+    out: dict[str, torch.Tensor] = {}
+    if "lse" in st:
+        out["lse"] = lse
+    if "max" in st:
+        out["max"] = sm.amax(-1)
+    if "entropy" in st or "entropy_norm" in st:
+        ent = -(A * logA).sum(-1)
+        out["entropy"] = ent
+        n = allowed.sum(-1)
+        out["entropy_norm"] = torch.where(n > 1, ent / torch.log(n.clamp(min=2).to(f64)), torch.zeros_like(ent))
+    if "argmax" in st or "topk" in st:
+        order = torch.sort(sm, dim=-1, descending=True, stable=True).indices  # ties: smaller j first
+        ok = torch.gather(allowed.expand_as(sm), -1, order)
+        order_idx = torch.where(ok, order, torch.full_like(order, -1))
+        out["argmax"] = order_idx[..., 0]
+        kk = spec.top_k
+        idx = torch.full((batch, head, query_pos, kk), -1, dtype=torch.int64, device=dev)
+        idx[..., : min(kk, key_pos)] = order_idx[..., :kk]
+        prob = torch.where(idx >= 0, torch.gather(A, -1, idx.clamp(min=0)), torch.zeros(1, dtype=f64, device=dev))
+        out["topk_idx"], out["topk_prob"] = idx, prob
+    if "mass_first" in st:
+        out["mass_first"] = A[..., : spec.sink_k].sum(-1)
+    if "mass_keyset" in st:
+        out["mass_keyset"] = (A * spec.key_set[:, None, None, :]).sum(-1)
+    if "mass_recent" in st:
+        out["mass_recent"] = (A * (dist < spec.recent_w)).sum(-1)
+    if "mass_self" in st:
+        out["mass_self"] = (A * (dist == 0)).sum(-1)
+    if "prev_token" in st:
+        out["prev_token"] = (A * (dist == 1)).sum(-1)
+    if "attn_distance" in st:
+        d = dist.clamp(min=0)
+        if spec.distance_cap is not None:
+            d = d.clamp(max=spec.distance_cap)
+        out["attn_distance"] = (A * d).sum(-1)
+    if "duplicate" in st or "induction" in st:
+        tok = spec.token_ids
+        qtok = tok[:, spec.query_offset:spec.query_offset + query_pos]  # [batch, query_pos]
+        dup = (tok[:, None, :] == qtok[:, :, None]) & (j[None, None, :] < absi[None, :, None])
+        prev = torch.cat([torch.zeros_like(tok[:, :1]), tok[:, :-1]], dim=1)  # tok_{j-1}
+        ind = (prev[:, None, :] == qtok[:, :, None]) & (j >= 1)[None, None, :] & (j[None, None, :] <= absi[None, :, None])
+        out["duplicate"] = (A * dup[:, None]).sum(-1)
+        out["induction"] = (A * ind[:, None]).sum(-1)
+    if st & {"col_sum", "col_alpha", "col_entropy"}:
+        cs = A.sum(-2)
+        out["col_sum"] = cs
+        n = allowed.sum(-2)
+        out["col_alpha"] = torch.where(n > 0, cs / n.clamp(min=1).to(f64), torch.zeros_like(cs))
+        safe = torch.where(cs > 0, cs, torch.ones_like(cs))
+        p = A / safe[..., None, :]
+        plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
+        out["col_entropy"] = -plogp.sum(-2)
+    if not valid_row.all():
+        inv = ~valid_row
+        for name in ("lse", "max"):
+            if name in out:
+                out[name] = out[name].masked_fill(inv, -math.inf)
+    return {name: out[name] for name in output_names(st)}
