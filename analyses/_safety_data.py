@@ -64,7 +64,7 @@ def load_prompts(source: str | Path | Sequence[str] = "advbench", n: int | None 
                 prompts = [row["input"] for row in reader]
         else:
             prompts = path.read_text(encoding="utf-8").splitlines()
-    prompts = [p for p in prompts if p and p.strip()]
+        prompts = [p for p in prompts if p and p.strip()]  # blank lines of a file; list items are kept as given
     if not prompts:
         raise ValueError(f"{where} holds no prompts; give at least one non-empty request")
     if n is not None:

@@ -90,7 +90,8 @@ def main() -> None:
     for r in results:
         s = r["summary"]
         print(f"{s['n_tokens']:>7} {s['peak_plain_mb']:>14.0f} {s['peak_collect_mb']:>16.0f} "
-              f"{s['kept_mb']:>8.0f} {s['bound_mb']:>9.0f} {s['overhead_beyond_kept_mb']:>9.0f} {s['seconds_plain']:>8.1f} "
+              f"{s['kept_mb']:>8.0f} {s['bound_mb']:>9.0f} {s['overhead_beyond_kept_mb']:>9.0f} "
+              f"{s['seconds_plain']:>8.1f} "
               f"{s['seconds_collect']:>10.1f} {s['ok']}")
     out = Path(__file__).resolve().parents[1] / "reports" / "bench" / "collect_memory.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def pad_id(tokenizer) -> int:
 
 
 def tokenize(model, text: str, *, chat: bool = False) -> list[int]:
-    """Token ids of one prompt (with the tokenizer's special tokens; ``chat=True`` applies the chat template)."""
+    """Token ids of one prompt, with the tokenizer's special tokens (``chat=True``: the chat template)."""
     if not isinstance(text, str):
         raise TypeError(f"expected a prompt string, got {type(text).__name__}")
     if chat:
@@ -52,8 +52,8 @@ def _as_id_list(item, i: int) -> list[int]:
 def pad_batch(model, texts_or_id_lists, *, chat: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad prompts into ``(ids [batch, pos], attention_mask [batch, pos])`` (both ``torch.long``).
 
-    ``texts_or_id_lists``: strings (tokenised with ``model``'s tokenizer, ``chat=True`` for the chat template),
-    lists of token ids or 1D integer tensors. Padding uses the pad id (eos if none) with mask 0.
+    ``texts_or_id_lists``: strings (tokenised with ``model``'s tokenizer, ``chat=True`` for the chat
+    template), lists of token ids or 1D integer tensors. Padding uses the pad id (eos if none) with mask 0.
     """
     items = [texts_or_id_lists] if isinstance(texts_or_id_lists, str) else list(texts_or_id_lists)
     if not items:
@@ -105,14 +105,15 @@ class PromptDataset:
             if data.ndim == 1:
                 data = data[None]
             if data.ndim != 2:
-                raise ValueError(f"a tensor dataset must be [batch, pos] token ids, got shape {tuple(data.shape)}")
+                raise ValueError(f"a tensor dataset must be [batch, pos] token ids, "
+                                 f"got shape {tuple(data.shape)}")
             if data.numel() == 0:
                 raise ValueError(EMPTY_DATASET)
             self.rows = data.long().tolist()
             return
         if not isinstance(data, Iterable):
-            raise TypeError(f"expected a list of strings, a list of token-id lists or a [batch, pos] LongTensor, "
-                            f"got {type(data).__name__}")
+            raise TypeError("expected a list of strings, a list of token-id lists or a [batch, pos] "
+                            f"LongTensor, got {type(data).__name__}")
         items = list(data)
         if not items:
             raise ValueError(EMPTY_DATASET)

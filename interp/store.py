@@ -1,4 +1,4 @@
-"""``collect(model, data, sites, ...)`` → ``ActivationStore``: activations over a dataset, kept or reduced on the fly.
+"""``collect(model, data, sites, ...)`` → ``ActivationStore``: activations over a dataset, kept or reduced.
 
 The model runs over left-padded batches (``interp.batching``) with ``position_ids = mask.cumsum - 1``, so
 every prompt sees the positions it would see alone. A handler per requested site copies only what is kept
@@ -6,14 +6,14 @@ every prompt sees the positions it would see alone. A handler per requested site
 left-aligned: slot ``t`` of example ``b`` is its ``t``-th kept position, unused slots are 0 and ``store.mask``
 says which slots are real. Layout of ``store[site]`` per component (``interp.sites`` has the hook shapes)::
 
-    reduce=None      [n_examples, pos, *rest]   rest: d_model | head, d_head | head, d_model (head_out)
-                                                | d_vocab (logits); pattern: [n_examples, head, query_pos, key_pos]
-    "mean" / "sum"   [pos, *rest]               mean over the examples that have that slot (padding excluded)
-    "mean_token"     {token_id: [*rest]}        mean over every kept position holding that token
-    ("topk", k)      [k, pos, *rest]            the k examples of largest Frobenius norm (``store.topk_indices``)
+    reduce=None     [n_examples, pos, *rest]  rest: d_model | head, d_head | head, d_model (head_out) | d_vocab
+                                              (logits); pattern: [n_examples, head, query_pos, key_pos]
+    "mean" / "sum"  [pos, *rest]              mean over the examples that have that slot (padding excluded)
+    "mean_token"    {token_id: [*rest]}       mean over every kept position holding that token
+    ("topk", k)     [k, pos, *rest]           the k examples of largest norm (``store.topk_indices``)
 
-``head`` is the number of kept heads (``heads=``; k/v keep the KV heads of those heads); a ``Site`` with a head
-index drops the head axis. For ``pattern`` the key axis holds the example's real keys (left-aligned too).
+``head`` is the number of kept heads (``heads=``; k/v keep the KV heads of those heads); a ``Site`` with a
+head index drops the head axis. For ``pattern`` the key axis holds the example's real keys (left-aligned too).
 Positions: ints count real tokens (``-1`` = last real token, ``0`` = first), a slice selects from each
 prompt's real tokens. ``z`` is the per-head output before W_O; the per-head residual write is ``z[..., h, :] @
 W_O[:, h]`` (component ``head_out``, d_model per head: 12x more memory on the default model).
@@ -121,7 +121,7 @@ def _resolve_sites(model, sites, layers) -> list[Site]:
             raise ValueError(f"layer {layer!r} out of range (model has {n} layers: 0..{n - 1})")
     sites = [sites] if isinstance(sites, (str, Site)) else list(sites or [])
     if not sites:
-        raise ValueError("no sites requested: pass Site values or component names such as 'z' or 'resid_post'")
+        raise ValueError("no sites requested: pass Site values or component names such as 'z', 'resid_post'")
     out: list[Site] = []
     for s in sites:
         if isinstance(s, str):
@@ -204,7 +204,8 @@ def _update(kind, k, state, t, mask, tokens, index):
         for u in uniq.tolist():
             rows.setdefault(u, len(rows))
         rest = flat.shape[1:]
-        state["sum"] = _pad_to(state.get("sum", torch.zeros((0, *rest), dtype=torch.float64)), (len(rows), *rest))
+        empty = torch.zeros((0, *rest), dtype=torch.float64)
+        state["sum"] = _pad_to(state.get("sum", empty), (len(rows), *rest))
         state["count"] = _pad_to(state.get("count", torch.zeros(0, dtype=torch.long)), (len(rows),))
         r = torch.tensor([rows[u] for u in uniq.tolist()], dtype=torch.long)[inv]
         state["sum"].index_add_(0, r, flat)
@@ -213,7 +214,8 @@ def _update(kind, k, state, t, mask, tokens, index):
         norms = t.flatten(1).double().norm(dim=1)
         if "data" in state:
             shape = _max_shape(state["data"].shape[1:], t.shape[1:])
-            t = torch.cat([_pad_to(state["data"], (len(state["data"]), *shape)), _pad_to(t, (len(t), *shape))])
+            old = _pad_to(state["data"], (len(state["data"]), *shape))
+            t = torch.cat([old, _pad_to(t, (len(t), *shape))])
             norms = torch.cat([state["norms"], norms])
             index = torch.cat([state["indices"], index])
         best = norms.topk(min(k, len(norms))).indices
@@ -235,7 +237,7 @@ def _finish(kind, state, dtype):
 
 
 class ActivationStore:
-    """Activations collected by ``interp.collect``. ``store[site]`` (a ``Site`` or its string, e.g. ``"L3.z"``)."""
+    """Activations from ``interp.collect``; ``store[site]`` takes a ``Site`` or its string (``"L3.z"``)."""
 
     def __init__(self, meta: dict, sites: list[Site], data: dict, tokens, mask):
         self.meta = meta
@@ -281,10 +283,12 @@ class ActivationStore:
         d = self._data[key]
         if self.kind is None:
             shapes = [c.shape for c in d]
-            out = torch.zeros((sum(s[0] for s in shapes), *_max_shape(*[s[1:] for s in shapes])), dtype=d[0].dtype)
+            n = sum(s[0] for s in shapes)
+            out = torch.zeros((n, *_max_shape(*[s[1:] for s in shapes])), dtype=d[0].dtype)
             i = 0
             for c, s in zip(d, shapes, strict=True):
-                out[(slice(i, i + s[0]), *[slice(0, n) for n in s[1:]])] = c.load() if isinstance(c, _Ref) else c
+                part = c.load() if isinstance(c, _Ref) else c
+                out[(slice(i, i + s[0]), *[slice(0, m) for m in s[1:]])] = part
                 i += s[0]
             return self._public(key, out, True)
         if self.kind == "mean_token":
@@ -297,7 +301,7 @@ class ActivationStore:
         if self.kind == "mean_token":
             return dict(zip(d["token_ids"].tolist(), d["count"].tolist(), strict=True))
         if self.kind not in ("mean", "sum"):
-            raise ValueError(f"counts exist for reduce='mean'/'sum'/'mean_token', this store has {self.reduce!r}")
+            raise ValueError(f"counts need reduce 'mean', 'sum' or 'mean_token'; this store: {self.reduce!r}")
         return d["count"]
 
     def token_means(self, site):
@@ -325,7 +329,7 @@ class ActivationStore:
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, path) -> Path:
-        """Write the store to directory ``path`` (one safetensors file per site + ``store.json``), atomically."""
+        """Write the store to folder ``path`` (a safetensors file per site + ``store.json``), atomically."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         _atomic_save({"tokens": self.tokens, "mask": self.mask}, path / "index.safetensors")
@@ -375,7 +379,7 @@ _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfl
 def collect(model, data, sites, *, layers=None, heads=None, positions=None, reduce=None, batch_size: int = 8,
             memory_budget_mb: float | None = None, spill_dir=None, dtype: torch.dtype | None = None,
             progress: bool = True) -> ActivationStore:
-    """Run ``model`` over ``data`` and keep (or reduce) the activations at ``sites``; see the module docstring.
+    """Run ``model`` over ``data``, keeping (or reducing) the activations at ``sites``; see the module doc.
 
     data: strings, token-id lists or ``[batch, pos]`` LongTensor. sites: ``Site`` values and/or component
     names (expanded over ``layers``, default all). heads: query heads kept at head-indexed components.
@@ -393,7 +397,8 @@ def collect(model, data, sites, *, layers=None, heads=None, positions=None, redu
         heads = [heads] if isinstance(heads, int) else list(heads)
         for h in heads:
             if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < model.shape.n_heads:
-                raise ValueError(f"head {h!r} out of range (model has {model.shape.n_heads} query heads per layer)")
+                raise ValueError(f"head {h!r} out of range "
+                                 f"(model has {model.shape.n_heads} query heads per layer)")
     if kind == "mean_token" and any(s.component == "pattern" for s in keys):
         raise ValueError("reduce='mean_token' does not apply to 'pattern' (its key axis varies per prompt)")
     n_ctx = model.shape.n_ctx
@@ -461,7 +466,8 @@ def collect(model, data, sites, *, layers=None, heads=None, positions=None, redu
     if kind is not None:
         state = {s: _finish(kind, state[s], seen_dtype) for s in keys}
     meta = {"model": model.name, "weights_hash": model.weights_hash, "sites": [str(s) for s in keys],
-            "reduce": list(reduce) if kind == "topk" else reduce, "dtype": str(seen_dtype).replace("torch.", ""),
+            "reduce": list(reduce) if kind == "topk" else reduce,
+            "dtype": str(seen_dtype).replace("torch.", ""),
             "n_examples": len(ds), "lengths": ds.lengths, "heads": heads,
             "positions": repr(positions), "spill_dir": str(spill) if budget is not None else None}
     store = ActivationStore(meta, keys, state, tokens, mask)

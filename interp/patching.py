@@ -1,0 +1,238 @@
+"""Batched activation patching: ``patch_sweep`` patches every site of a kind from a clean run into a corrupt run.
+
+Activation patching (Meng et al. 2022 "Locating and Editing Factual Associations in GPT"; Wang et al. 2022,
+IOI), TransformerLens's convention: run the model on the *corrupt* input, replace the activation a_s at one site
+s by its value on the *clean* input, and record metric(logits_patched), averaged over the batch:
+
+    value[s] = mean_b metric(f(corrupt_b | a_s ← a_s(clean_b)))_b
+
+Instead of one forward per site, k patched variants are packed into the batch: the corrupt input is replicated
+k times and one hook per layer writes a different head/position of the clean activation into each replica's
+rows (rows ``j·batch … (j+1)·batch − 1`` belong to variant j). Chunks are sized to ``memory_budget_mb``.
+Layers below a chunk's earliest patched layer are identical for every replica, so (``reuse_prefix=True``) they
+run once on the corrupt input and the chunk starts from the cached ``resid_pre`` (the lower decoder layers are
+swapped for pass-throughs during that forward); chunks are grouped by layer so this skips ≈ half the work.
+
+Sites (``sites=``): head components ``q``, ``z``, ``pattern`` (query heads), ``k``, ``v`` (KV heads); layer
+components ``resid_pre``, ``attn_in``, ``attn_out``, ``resid_mid``, ``mlp_in``, ``mlp_out``, ``resid_post``.
+``positions="all"`` patches all positions at once (TL ``get_act_patch_attn_head_out_all_pos``), ``"each"`` one
+position at a time (TL ``..._by_pos``, ``get_act_patch_resid_pre``); for ``pattern`` the position is the query
+position. Default: ``"all"`` for head components, ``"each"`` for layer components.
+
+Validated in ``tests/unit/test_patching.py`` against a naive loop of one ``model.intervene(Patch(...))`` forward
+per site on tiny models, and in ``tests/parity/test_patching_tl.py`` against TransformerLens's own
+``transformer_lens.patching`` functions on the default model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .sites import Site
+
+HEAD_COMPONENTS = ("q", "k", "v", "z", "pattern")
+LAYER_COMPONENTS = ("resid_pre", "attn_in", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")
+
+
+@dataclass
+class PatchResult:
+    """Patching results: ``values`` with named ``dims`` (e.g. ``("layer", "head")``, ``("layer", "pos")``,
+    ``("layer", "head", "pos")``), indexed by ``layers``/``heads``/``positions`` (the actual numbers), plus
+    the metric on the unpatched clean and corrupt runs (``clean_value``, ``corrupt_value``)."""
+
+    values: torch.Tensor
+    dims: tuple[str, ...]
+    component: str
+    layers: list[int]
+    heads: list[int] | None
+    positions: list[int] | None
+    sites: list[tuple[Site, int | None]] = field(repr=False)  # (site, pos or None=all) in values' flat order
+    clean_value: float = float("nan")
+    corrupt_value: float = float("nan")
+
+    def to_frame(self):
+        """Tidy ``pandas.DataFrame`` with columns ``layer, head, pos, value`` (−1 where not applicable:
+        no head for layer components, pos −1 for all positions at once; k/v heads are KV heads)."""
+        import pandas as pd
+
+        flat = self.values.flatten().tolist()
+        rows = [(s.layer, -1 if s.head is None else s.head, -1 if p is None else p, v)
+                for (s, p), v in zip(self.sites, flat)]
+        return pd.DataFrame(rows, columns=["layer", "head", "pos", "value"])
+
+    def normalized(self) -> torch.Tensor:
+        """``(value − corrupt) / (clean − corrupt)``: 0 = no recovery, 1 = full clean behaviour."""
+        return (self.values - self.corrupt_value) / (self.clean_value - self.corrupt_value)
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a decoder layer whose output is already known: returns its input hidden states."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextlib.contextmanager
+def _skip_layers(model, n: int):
+    """Swap the first ``n`` decoder layers of the module list the HF model iterates for pass-throughs."""
+    if n == 0:
+        yield
+        return
+    obj = model.hf
+    for part in f"{model.arch.base_path}.layers".split("."):
+        obj = getattr(obj, part)
+    saved = [obj[i] for i in range(n)]
+    try:
+        for i in range(n):
+            obj[i] = _PassThrough()
+        yield
+    finally:
+        for i, mod in enumerate(saved):
+            obj[i] = mod
+
+
+def _check_inputs(model, clean_ids, corrupt_ids):
+    for name, t in (("clean_ids", clean_ids), ("corrupt_ids", corrupt_ids)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be token ids [batch, pos], got {type(t).__name__}")
+    if clean_ids.shape != corrupt_ids.shape:
+        raise ValueError(f"clean_ids {tuple(clean_ids.shape)} and corrupt_ids {tuple(corrupt_ids.shape)} must have "
+                         "the same [batch, pos] shape: pick prompts of equal token length (pad or reword them)")
+    model.check_tokens(clean_ids)
+    model.check_tokens(corrupt_ids)
+
+
+def _pick(values, n: int, what: str) -> list[int]:
+    if values is None:
+        return list(range(n))
+    vals = [values] if isinstance(values, int) else list(values)
+    for v in vals:
+        if not isinstance(v, int) or not 0 <= v < n:
+            raise ValueError(f"{what} {v!r} out of range: the model has {n} {what}s (0..{n - 1})")
+    if not vals:
+        raise ValueError(f"empty list of {what}s")
+    return vals
+
+
+def _write(xv, cl, j, h, p):
+    """In place: ``xv [c, batch, pos, (head,) ...]`` rows ``j`` ← clean ``cl [batch, pos, (head,) ...]`` at
+    heads ``h`` / positions ``p`` (index tensors of equal length, or None for all)."""
+    if h is not None and p is None:
+        xv[j, :, :, h] = cl[:, :, h].movedim(2, 0)
+    elif h is not None:
+        xv[j, :, p, h] = cl[:, p, h].movedim(1, 0)
+    elif p is None:
+        xv[j] = cl
+    else:
+        xv[j, :, p] = cl[:, p].movedim(1, 0)
+
+
+def _patch_handler(c: int, batch: int, clean: torch.Tensor, j, h, p, pattern: bool):
+    def fn(x, site):
+        x = x.clone()
+        xv = x.view(c, batch, *x.shape[1:])
+        cl = clean.to(x.device, x.dtype)
+        if pattern:  # [.., head, query_pos, key_pos] → [.., query_pos, head, key_pos] views
+            xv, cl = xv.transpose(2, 3), cl.transpose(1, 2)
+        _write(xv, cl, j, h, p)
+        return x
+
+    return fn
+
+
+def _row_bytes(shape, n_pos: int) -> int:
+    """Rough fp32 bytes of one batch row's forward: logits (+ log-softmax), MLP/attention intermediates."""
+    return 4 * n_pos * (2 * shape.d_vocab + 16 * shape.d_model + 3 * shape.n_heads * n_pos)
+
+
+def patch_sweep(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, sites: str = "z", metric=None,
+                positions: str | None = None, *, memory_budget_mb: float = 1024, layers=None, heads=None,
+                batch_size: int | None = None, reuse_prefix: bool = True) -> PatchResult:
+    """Patch each ``sites`` activation from the clean run into the corrupt run; return ``PatchResult``.
+
+    ``clean_ids``, ``corrupt_ids``: token ids ``[batch, pos]`` of equal shape. ``metric(logits [batch, pos,
+    d_vocab]) -> [batch]`` (or a scalar), e.g. ``lambda lg: interp.logit_diff(lg, mary, john)``; it always sees
+    logits of the original batch size and its mean over the batch is stored. ``layers``/``heads`` restrict the
+    sweep; ``batch_size`` fixes the number of patched variants per forward (else from ``memory_budget_mb``).
+    Result dims: ``[layer, head]`` (heads, "all"), ``[layer, head, pos]`` (heads, "each"), ``[layer, pos]``
+    (layer components, "each"), ``[layer]`` (layer components, "all").
+    """
+    if sites not in HEAD_COMPONENTS + LAYER_COMPONENTS:
+        hint = " (head_out is read-only: patch z)" if sites == "head_out" else ""
+        raise ValueError(f"cannot sweep sites={sites!r}{hint}; choose one of "
+                         f"{', '.join(HEAD_COMPONENTS + LAYER_COMPONENTS)}")
+    if not callable(metric):
+        raise TypeError("metric must be a callable logits [batch, pos, d_vocab] -> [batch], e.g. "
+                        "lambda lg: interp.logit_diff(lg, answer_ids, wrong_ids)")
+    _check_inputs(model, clean_ids, corrupt_ids)
+    shape = model.shape
+    per_head = sites in HEAD_COMPONENTS
+    positions = positions or ("all" if per_head else "each")
+    if positions not in ("all", "each"):
+        raise ValueError(f"positions must be 'all' or 'each', got {positions!r}")
+    layers = sorted(set(_pick(layers, shape.n_layers, "layer")))
+    n_h = shape.n_kv_heads if sites in ("k", "v") else shape.n_heads
+    if per_head:
+        heads = _pick(heads, n_h, "KV head" if sites in ("k", "v") else "head")
+    elif heads is not None:
+        raise ValueError(f"{sites} has no heads; drop heads={heads!r}")
+    batch, n_pos = corrupt_ids.shape
+    pos_list = list(range(n_pos)) if positions == "each" else [None]
+
+    # variants in the flat order of the result tensor: layer, head, pos
+    variants = [(L, h, p) for L in layers for h in (heads if per_head else [None]) for p in pos_list]
+
+    from .hooks import run_with_cache
+
+    clean_logits, clean_cache = run_with_cache(model, clean_ids, [Site(L, sites) for L in layers])
+    resid_sites = [Site(L, "resid_pre") for L in layers] if reuse_prefix else []
+    corrupt_logits, corrupt_cache = run_with_cache(model, corrupt_ids, resid_sites)
+
+    def evaluate(logits):
+        v = torch.as_tensor(metric(logits))
+        if v.ndim not in (0, 1) or (v.ndim == 1 and v.shape[0] != batch):
+            raise ValueError(f"metric must return [batch] = [{batch}] values or a scalar, got shape {tuple(v.shape)}")
+        return float(v.float().mean())
+
+    per_forward = batch_size or max(1, int(memory_budget_mb * 2**20 // (batch * _row_bytes(shape, n_pos))))
+    n_groups = min(6, len(layers)) if reuse_prefix else 1
+    bounds = [layers[(i * len(layers)) // n_groups] for i in range(n_groups)]
+    groups: list[list] = [[] for _ in range(n_groups)]
+    for v in variants:
+        groups[max(i for i, b in enumerate(bounds) if v[0] >= b)].append(v)
+    chunks = [g[i:i + per_forward] for g in groups for i in range(0, len(g), per_forward)]
+
+    values = []
+    dev = model.device
+    for chunk in chunks:
+        c = len(chunk)
+        start = chunk[0][0] if reuse_prefix else 0
+        handlers: dict[Site, list] = {}
+        if start > 0:
+            resid = corrupt_cache[Site(start, "resid_pre")]
+            handlers[Site(start, "resid_pre")] = [lambda x, s, r=resid, c=c: r.to(x.device, x.dtype).repeat(
+                c, *([1] * (r.ndim - 1)))]
+        for L in sorted({v[0] for v in chunk}):
+            rows = [(j, h, p) for j, (L2, h, p) in enumerate(chunk) if L2 == L]
+            j = torch.tensor([r[0] for r in rows], device=dev)
+            h = torch.tensor([r[1] for r in rows], device=dev) if per_head else None
+            p = torch.tensor([r[2] for r in rows], device=dev) if positions == "each" else None
+            fn = _patch_handler(c, batch, clean_cache[Site(L, sites)], j, h, p, sites == "pattern")
+            handlers.setdefault(Site(L, sites), []).append(fn)
+        ids = corrupt_ids.repeat(c, 1)
+        with torch.no_grad(), _skip_layers(model, start), model.hooks(handlers):
+            logits = model.forward(ids).logits
+        values += [evaluate(logits[k * batch:(k + 1) * batch]) for k in range(c)]
+
+    dims = ("layer",) + (("head",) if per_head else ()) + (("pos",) if positions == "each" else ())
+    sizes = [len(layers)] + ([len(heads)] if per_head else []) + ([n_pos] if positions == "each" else [])
+    out = torch.tensor(values, dtype=torch.float32).reshape(sizes)
+    return PatchResult(
+        values=out, dims=dims, component=sites, layers=layers, heads=list(heads) if per_head else None,
+        positions=list(range(n_pos)) if positions == "each" else None,
+        sites=[(Site(L, sites, h), p) for L, h, p in variants],
+        clean_value=evaluate(clean_logits), corrupt_value=evaluate(corrupt_logits))
