@@ -1,6 +1,7 @@
 """Basic attention statistics per head: first-token ("sink") mass and attention entropy.
 
-For a text of ``n`` tokens and head ``(l, h)`` with attention pattern ``A[query_pos, key_pos]`` (rows sum to 1):
+For a text of ``n`` tokens and head ``(l, h)`` with attention pattern ``A[query_pos, key_pos]``
+(rows sum to 1):
 
     first_token_mass(l, h) = mean_{i=1..n-1} A[i, 0]                  (Xiao et al. 2023, "attention sinks")
     entropy(l, h)          = mean_{i=1..n-1} -sum_j A[i, j] log A[i, j]   (nats; Vig & Belinkov 2019)
@@ -21,24 +22,27 @@ import torch
 DEFAULT_PARAMS = {"n_tokens": 128, "n_texts": 4, "texts_file": None}
 
 TEXTS = [
-    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-    "movable metal type, oil-based ink and a wooden screw press into a system that could produce books far "
-    "faster than scribes. Within fifty years, presses were operating in more than two hundred European cities, "
-    "and millions of volumes had been printed. Prices fell, literacy rose, and ideas travelled further than ever "
-    "before, reshaping religion, science and politics across the continent.",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n"
-    "        a, b = b, a + b\n    return a\n\n\ndef is_prime(k):\n    if k < 2:\n        return False\n"
-    "    for d in range(2, int(k ** 0.5) + 1):\n        if k % d == 0:\n            return False\n"
-    "    return True\n\n\nprint([fibonacci(i) for i in range(10) if is_prime(fibonacci(i))])\n",
-    "Mary went to the market on Saturday morning to buy apples, bread and cheese. At the market she met her old "
-    "friend John, who was selling honey from his farm. John gave Mary a small jar of honey as a gift, and Mary "
-    "promised to bring him a loaf of her homemade bread the following week. When she came back, John had saved "
-    "the best jar of the season for her, and they talked for an hour about the weather and the harvest.",
-    "Photosynthesis converts light energy into chemical energy. In the light-dependent reactions, chlorophyll "
-    "absorbs photons and water molecules are split, releasing oxygen. The energy is stored as ATP and NADPH, "
-    "which drive the Calvin cycle, where carbon dioxide is fixed into three-carbon sugars. These sugars are the "
-    "starting point for glucose, starch and cellulose, the molecules on which nearly all life on Earth depends "
-    "for food, fuel and structure.",
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+    "combined movable metal type, oil-based ink and a wooden screw press into a system that could "
+    "produce books far faster than scribes. Within fifty years, presses were operating in more than "
+    "two hundred European cities, and millions of volumes had been printed. Prices fell, literacy "
+    "rose, and ideas travelled further than ever before, reshaping religion, science and politics "
+    "across the continent.",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    a, b = 0, 1\n    for _ in '
+    "range(n):\n        a, b = b, a + b\n    return a\n\n\ndef is_prime(k):\n    if k < 2:\n        "
+    "return False\n    for d in range(2, int(k ** 0.5) + 1):\n        if k % d == 0:\n            "
+    "return False\n    return True\n\n\nprint([fibonacci(i) for i in range(10) if "
+    "is_prime(fibonacci(i))])\n",
+    "Mary went to the market on Saturday morning to buy apples, bread and cheese. At the market she "
+    "met her old friend John, who was selling honey from his farm. John gave Mary a small jar of honey "
+    "as a gift, and Mary promised to bring him a loaf of her homemade bread the following week. When "
+    "she came back, John had saved the best jar of the season for her, and they talked for an hour "
+    "about the weather and the harvest.",
+    "Photosynthesis converts light energy into chemical energy. In the light-dependent reactions, "
+    "chlorophyll absorbs photons and water molecules are split, releasing oxygen. The energy is stored "
+    "as ATP and NADPH, which drive the Calvin cycle, where carbon dioxide is fixed into three-carbon "
+    "sugars. These sugars are the starting point for glucose, starch and cellulose, the molecules on "
+    "which nearly all life on Earth depends for food, fuel and structure.",
 ]
 
 
@@ -63,7 +67,10 @@ def data_files(params) -> list[dict]:
 
 
 def head_stats(pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-query first-token mass and entropy, ``[head, query_pos - 1]`` each, from ``[head, query_pos, key_pos]``."""
+    """Per-query first-token mass and entropy, ``[head, query_pos - 1]`` each.
+
+    ``pattern``: ``[head, query_pos, key_pos]``.
+    """
     p = pattern[:, 1:, :].double()
     mass = p[:, :, 0]
     ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)

@@ -3,8 +3,8 @@ Mechanistically Explains Long-Context Factuality"), matching its official ``retr
 
 Building one sample (``build_sample``), as the official code does:
 
-1. the haystack text of needle i (``haystack_part{i+1}.txt``) is repeated until it has ≥ ``length`` words, then
-   trimmed to ``length`` tokens;
+1. the haystack text of needle i (``haystack_part{i+1}.txt``) is repeated until it has ≥ ``length`` words,
+   then trimmed to ``length`` tokens;
 2. ``length - buffer`` tokens (buffer 200) are kept, minus the needle's tokens; the needle goes in at token
    ``int(n · depth / 100)``, moved back to just after the previous ``'.'`` token (depth 100 → at the end);
 3. the prompt is ``context + "Based on the content of the book, Question: {q}\\nAnswer:"`` (the official
@@ -17,7 +17,8 @@ Building one sample (``build_sample``), as the official code does:
 
 The answer is scored with ROUGE-1 recall of ``real_needle`` against the response (``rouge1_recall``);
 a sample counts as found when recall > 0.5. Paper grid: 20 lengths ``linspace(1000, 50000)`` × 10 depths
-``round(linspace(0, 100, 10))`` × 3 needles. Validated by hand-made cases in ``tests/unit/test_retrieval_niah.py``.
+``round(linspace(0, 100, 10))`` × 3 needles. Validated by hand-made cases in
+``tests/unit/test_retrieval_niah.py``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def load_needles() -> list[Needle]:
     try:
         lines = (root / "needles.jsonl").read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"NIAH data not found under {root}; reinstall interp with its data files") from None
+        raise FileNotFoundError(f"NIAH data not found under {root}; reinstall interp with its data") from None
     out = []
     for i, line in enumerate(x for x in lines if x.strip()):
         d = json.loads(line)
@@ -70,8 +71,10 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_context(tokenizer, haystack: str, needle: str, length: int, depth: float, *, buffer: int = 200) -> str:
-    """Haystack trimmed to ``length`` tokens with ``needle`` inserted at ``depth`` % (official ``generate_context``).
+def build_context(tokenizer, haystack: str, needle: str, length: int, depth: float, *,
+                  buffer: int = 200) -> str:
+    """Haystack trimmed to ``length`` tokens, ``needle`` inserted at ``depth`` % (official
+    ``generate_context``).
 
     ``length`` counts tokens of the raw context (BOS / chat tokens not included, as in the official code).
     """
@@ -113,8 +116,9 @@ def build_prompt_text(model, context: str, question: str, *, chat: bool | None =
 
 
 def find_needle_span(prompt_ids, needle_ids, threshold: float = 0.9) -> tuple[int, int]:
-    """First ``(start, end)`` window of ``len(needle_ids)`` prompt tokens whose token set overlaps the needle's
-    token set by more than ``threshold`` (fraction of the needle's distinct tokens); ``(-1, -1)`` if none.
+    """First ``(start, end)`` window of ``len(needle_ids)`` prompt tokens whose token set overlaps the
+    needle's token set by more than ``threshold`` (fraction of the needle's distinct tokens); ``(-1, -1)``
+    if none.
 
     Shapes: ``prompt_ids`` [pos] (list or tensor), ``needle_ids`` [needle_pos].
     """

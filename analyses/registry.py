@@ -70,7 +70,7 @@ class AnalysisSpec:
         return True
 
     def load(self) -> AnalysisSpec:
-        """A copy with every lazy reference imported; raises ``AnalysisUnavailable`` if a module is missing."""
+        """A copy with every lazy reference imported; ``AnalysisUnavailable`` if a module is missing."""
         params = _resolve(self.default_params)
         return replace(self, run=_resolve(self.run), default_params=dict(params or {}),
                        official_outputs=_resolve(self.official_outputs), data_files=_resolve(self.data_files))

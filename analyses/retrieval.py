@@ -136,8 +136,8 @@ def retrieval_scores_from_argmax(argmax, generated, prompt_ids, span) -> np.ndar
 
 def score_sample(model, sample, *, max_new_tokens: int = 50, handlers=None, capture: bool = True) -> dict:
     """Decode one ``NiahSample``; returns response, ROUGE-1 recall, ``kept`` and per-head ``scores``."""
-    gen, argmax = decode_with_argmax(model, sample.prompt_ids, max_new_tokens=max_new_tokens, handlers=handlers,
-                                     capture=capture)
+    gen, argmax = decode_with_argmax(model, sample.prompt_ids, max_new_tokens=max_new_tokens,
+                                     handlers=handlers, capture=capture)
     response = model.tokenizer.decode(gen, skip_special_tokens=True).strip()
     rouge = rouge1_recall(sample.real_needle, response)
     rec = {"response": response, "rouge": rouge, "kept": rouge > 0.5, "n_generated": len(gen)}
@@ -154,7 +154,8 @@ def head_counter(records) -> dict[str, list[float]]:
     if not records:
         return {}
     s = np.asarray(records[0]["scores"])
-    return {f"{l}-{h}": [float(r["scores"][l][h]) for r in kept] for l in range(s.shape[0]) for h in range(s.shape[1])}
+    return {f"{l}-{h}": [float(r["scores"][l][h]) for r in kept]
+            for l in range(s.shape[0]) for h in range(s.shape[1])}
 
 
 def retrieval_head_scores(counter: dict, n_layers: int, n_heads: int) -> np.ndarray:
@@ -183,7 +184,8 @@ def save_retrieval_json(counter: dict, path) -> None:
     """Write ``{"l-h": [scores]}`` atomically (temp file + rename), as the official ``head_score/*.json``."""
     for key, vals in counter.items():
         if not isinstance(vals, (list, tuple)):
-            raise TypeError(f"value of {key!r} must be a list of per-sample scores, got {type(vals).__name__}")
+            raise TypeError(f"value of {key!r} must be a list of per-sample scores, not "
+                            f"{type(vals).__name__}")
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -202,9 +204,113 @@ def load_retrieval_json(path) -> dict[str, list[float]]:
     with open(path) as f:
         data = json.load(f)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object {{'layer-head': [scores]}}, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a JSON object {{'layer-head': [scores]}}, "
+                         f"not {type(data).__name__}")
     for key, vals in data.items():
         parts = key.split("-")
         if len(parts) != 2 or not all(p.isdigit() for p in parts) or not isinstance(vals, list):
             raise ValueError(f"{path}: bad entry {key!r}; keys must be 'layer-head' and values lists")
     return {k: [float(v) for v in vals] for k, vals in data.items()}
+
+
+# --- sweep, causal check and the report entry ------------------------------------------------------------
+
+def uniform_attention_handlers(heads, eps: float = 1e-5) -> dict:
+    """Hooks masking ``heads`` [(layer, head)] as the paper does: the head's post-RoPE query is scaled by
+    ``eps`` so its attention is (almost exactly) uniform over its causal prefix."""
+    from interp.sites import Site
+
+    return {Site(int(l), "q", int(h)): (lambda x, site: x * eps) for l, h in heads}
+
+
+def niah_sweep(model, *, lengths, depths, needles=None, max_new_tokens: int = 50, checkpoint=None,
+               on_sample=None, masked_heads=(), capture: bool = True, buffer: int = 200,
+               progress: bool = False) -> list[dict]:
+    """Retrieval-score every (needle, length, depth) cell; see ``niah.run_sweep`` for checkpoint/resume.
+
+    ``masked_heads``: [(layer, head)] given uniform attention throughout (for the causal check).
+    """
+    from .niah import run_sweep
+
+    masked = sorted((int(l), int(h)) for l, h in masked_heads)
+    handlers = uniform_attention_handlers(masked) if masked else None
+    meta = {"max_new_tokens": max_new_tokens, "masked": [list(x) for x in masked], "capture": capture}
+    fn = lambda m, s: score_sample(m, s, max_new_tokens=max_new_tokens, handlers=handlers, capture=capture)
+    return run_sweep(model, fn, lengths=lengths, depths=depths, needles=needles, checkpoint=checkpoint,
+                     meta=meta, on_sample=on_sample, buffer=buffer, progress=progress)
+
+
+def causal_check(model, scores, *, k: int, lengths, depths, needles=None, n_random: int = 2, seed: int = 0,
+                 threshold: float = 0.1, max_new_tokens: int = 50, baseline=None, progress: bool = False):
+    """NIAH accuracy (share of samples with ROUGE-1 recall > 0.5) with no head masked, with the top-``k``
+    retrieval heads masked, and with ``k`` random non-retrieval heads masked (``n_random`` draws).
+
+    ``scores``: ``[layer, head]`` retrieval scores; ``baseline``: records of an unmasked run on the same grid
+    (reused instead of decoding again). Returns a DataFrame (condition, heads, accuracy, mean_rouge, n).
+    """
+    s = np.nan_to_num(np.asarray(scores, dtype=float))
+    top = top_heads(s, threshold=None, k=k)
+    non = [(l, h) for l in range(s.shape[0]) for h in range(s.shape[1]) if s[l, h] <= threshold]
+    if len(non) < k:
+        raise ValueError(f"only {len(non)} non-retrieval heads (score ≤ {threshold}); choose k ≤ {len(non)}")
+    rng = np.random.default_rng(seed)
+    conds = [("none", [])] if baseline is None else []
+    conds.append((f"top-{k} retrieval", top))
+    for i in range(n_random):
+        pick = rng.choice(len(non), size=k, replace=False)
+        conds.append((f"random-{k} non-retrieval #{i}", sorted(non[j] for j in pick)))
+    rows = []
+    if baseline is not None:
+        rows.append(_acc_row("none", [], baseline))
+    for name, heads in conds:
+        if progress:
+            print(f"causal check: {name} {heads}", flush=True)
+        recs = niah_sweep(model, lengths=lengths, depths=depths, needles=needles,
+                          max_new_tokens=max_new_tokens, masked_heads=heads, capture=False, progress=progress)
+        rows.append(_acc_row(name, heads, recs))
+    return pd.DataFrame(rows)
+
+
+def _acc_row(name, heads, recs) -> dict:
+    return {"condition": name, "heads": " ".join(f"L{l}H{h}" for l, h in heads),
+            "accuracy": float(np.mean([r["rouge"] > 0.5 for r in recs])),
+            "mean_rouge": float(np.mean([r["rouge"] for r in recs])), "n": len(recs)}
+
+
+def run(model, params, out_dir) -> dict:
+    """Report entry: retrieval scores on the NIAH grid of ``params`` (see ``DEFAULT_PARAMS``)."""
+    from interp.scores import ScoreTable
+
+    p = dict(DEFAULT_PARAMS, **(params or {}))
+    recs = niah_sweep(model, lengths=p["lengths"], depths=p["depths"], needles=p["needles"],
+                      max_new_tokens=p["max_new_tokens"], checkpoint=p["checkpoint"], buffer=p["buffer"])
+    counter = head_counter(recs)
+    n_kept = sum(r["kept"] for r in recs)
+    mat = retrieval_head_scores(counter, model.shape.n_layers, model.shape.n_heads)
+    scores = ScoreTable.concat([
+        ScoreTable.from_matrix(np.nan_to_num(mat), model=model.name, analysis="retrieval",
+                               score="retrieval_score", n_samples=n_kept),
+        ScoreTable.scalar(np.mean([r["kept"] for r in recs]), model=model.name, analysis="retrieval",
+                          score="niah_accuracy", n_samples=len(recs)),
+    ])
+    per_sample = pd.DataFrame([{k: v for k, v in r.items() if k != "scores"} for r in recs])
+    return {"scores": scores, "per_sample": per_sample, "head_counter": pd.DataFrame(
+        [{"head": k, "scores": json.dumps(v)} for k, v in counter.items()])}
+
+
+def write_official(results, params, out_dir) -> list:
+    """Write the paper's ``{"l-h": [scores]}`` JSON (``retrieval_heads.json``) into ``out_dir``."""
+    from pathlib import Path
+
+    hc = results["head_counter"]
+    counter = {row["head"]: json.loads(row["scores"]) for _, row in hc.iterrows()}
+    path = Path(out_dir) / "retrieval_heads.json"
+    save_retrieval_json(counter, path)
+    return [path]
+
+
+def data_files(params) -> list:
+    from importlib import resources
+
+    root = resources.files("interp") / "data" / "niah"
+    return [str(root / "needles.jsonl")] + [str(root / f"haystack_part{i}.txt") for i in (1, 2, 3)]

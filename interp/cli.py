@@ -27,18 +27,20 @@ def _fail(msg: str, code: int = 2):
 
 @app.command()
 def report(
-    model: str = typer.Option(None, "--model", "-m", help="Model name (see `interp models`), folder or .gguf. "
-                              "Default: default"),
+    model: str = typer.Option(None, "--model", "-m", help="Model name (see `interp models`), folder or "
+                              ".gguf. Default: default"),
     analyses: str = typer.Option(None, "--analyses", "-a", help="Comma-separated analysis names "
                                  "(see `interp analyses`). Default: all available"),
     out: str = typer.Option(None, "--out", "-o", help="Output folder. Default: reports/runs/<model>"),
-    config: str = typer.Option(None, "--config", "-c", help="TOML file with the same keys; flags override it"),
+    config: str = typer.Option(None, "--config", "-c",
+                              help="TOML file with the same keys; flags override it"),
     n_tokens: int = typer.Option(None, "--n-tokens", help="Tokens per text for analyses that take n_tokens"),
     seed: int = typer.Option(None, "--seed", help="Random seed (default 0)"),
     top_k: int = typer.Option(None, "--top-k", help="Heads per score in tables and the atlas (default 10)"),
     resume: bool = typer.Option(None, "--resume/--no-resume", help="Reuse finished analyses in --out "
                                 "(default: resume)"),
-    force: bool = typer.Option(False, "--force", help="Replace a run of another model or interp version in --out"),
+    force: bool = typer.Option(False, "--force",
+                               help="Replace a run of another model or interp version in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
 ):
     """Run analyses on a model; write scores.parquet/csv, per_token.parquet, report.html, manifest.json."""

@@ -166,17 +166,49 @@ def _rotary(model, x, pos_ids, attn):
     return rot(x, pos_ids)
 
 
-def _stream(resid, outs, corrupt, removed, n_up: int, cols: slice, force: bool):
-    """``[batch, pos, n_cols, d_model]``: the residual each input in ``cols`` sees."""
-    n = cols.stop - cols.start
-    base = resid.unsqueeze(2)
-    if removed is None:
-        return base.expand(-1, -1, n, -1)
-    mask = removed[:n_up, cols].to(resid.dtype)
-    if not force and not bool(mask.any()):
-        return base.expand(-1, -1, n, -1)
-    delta = torch.stack(outs[:n_up]) - corrupt[:n_up]  # [n_up, batch, pos, d_model]
-    return base - torch.einsum("ubpm,uc->bpcm", delta, mask)
+class _Patcher:
+    """Builds the per-input residual streams of one run. Keeps the node deltas ``out_u(run) − out_u(corrupt)``
+    (lazily) and their running sum, and per block of input columns uses whichever of the removed or the kept
+    edges touches fewer upstream nodes: ``in = resid − Σ removed·δ`` or ``in = (resid − Σ_all δ) + Σ kept·δ``."""
+
+    def __init__(self, outs, corrupt, removed, valid, force: bool):
+        self.outs, self.corrupt, self.removed, self.valid, self.force = outs, corrupt, removed, valid, force
+        self.deltas: list = []
+        self.total = None  # Σ_u δ_u over the nodes seen so far
+
+    def _delta(self, u):
+        while len(self.deltas) <= u:
+            i = len(self.deltas)
+            d = self.outs[i] - self.corrupt[i]
+            self.deltas.append(d)
+            self.total = d if self.total is None else self.total + d
+        return self.deltas[u]
+
+    def stream(self, resid, n_up: int, cols: slice):
+        """``[batch, pos, n_cols, d_model]``: the residual each input in ``cols`` sees."""
+        n = cols.stop - cols.start
+        base = resid.unsqueeze(2)
+        if self.removed is None:
+            return base.expand(-1, -1, n, -1)
+        mask = self.removed[:n_up, cols].to(resid.dtype)
+        if self.force:
+            rows = list(range(n_up))
+        else:
+            rm_rows = mask.ne(0).any(1).nonzero().flatten().tolist()
+            if not rm_rows:
+                return base.expand(-1, -1, n, -1)
+            keep = (1 - mask) * self.valid[:n_up, cols].to(resid.dtype)
+            kp_rows = keep.ne(0).any(1).nonzero().flatten().tolist()
+            if len(kp_rows) < len(rm_rows):
+                self._delta(n_up - 1)
+                corrupt_resid = resid - self.total
+                if not kp_rows:
+                    return corrupt_resid.unsqueeze(2).expand(-1, -1, n, -1)
+                d = torch.stack([self._delta(u) for u in kp_rows])
+                return corrupt_resid.unsqueeze(2) + torch.einsum("ubpm,uc->bpcm", d, keep[kp_rows])
+            rows = rm_rows
+        d = torch.stack([self._delta(u) for u in rows])
+        return base - torch.einsum("ubpm,uc->bpcm", d, mask[rows])
 
 
 def _attention(model, layer: int, q_in, k_in, v_in, cos_sin):
@@ -239,12 +271,13 @@ def run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | 
     pos_ids = torch.arange(p, device=embeds.device)[None]
     gemma_norms = arch.pre_mlp_norm == "pre_feedforward_layernorm"
     outs, streams = [embeds], [] if keep_streams else None
+    patch = _Patcher(outs, corrupt, removed, graph.valid.to(embeds.device), force)
     resid = embeds
     for layer in range(s.n_layers):
         dec = arch.layers[layer]
         attn = dec.self_attn
         cols, n_up = graph.cols(layer), graph.n_upstream_attn(layer)
-        q_in, k_in, v_in = (_stream(resid, outs, corrupt, removed, n_up, cols[x], force) for x in "qkv")
+        q_in, k_in, v_in = (patch.stream(resid, n_up, cols[x]) for x in "qkv")
         z = _attention(model, layer, q_in, k_in, v_in, _rotary(model, embeds, pos_ids, attn))
         w_o = attn.o_proj.weight  # [d_model, head * d_head]
         head_out = torch.einsum("bphd,mhd->bphm", z, w_o.view(w_o.shape[0], s.n_heads, s.d_head))
@@ -256,7 +289,7 @@ def run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | 
             bias = None if bias is None else (bias.float() * f[:, :, 0]).to(head_out.dtype)
         outs.extend(head_out.unbind(2))
         resid = resid + head_out.sum(2) + (0 if bias is None else bias)
-        m_in = _stream(resid, outs, corrupt, removed, n_up + s.n_heads, cols["mlp"], force)[:, :, 0]
+        m_in = patch.stream(resid, n_up + s.n_heads, cols["mlp"])[:, :, 0]
         m_out = arch.mlp(layer)(getattr(dec, arch.pre_mlp_norm)(m_in))
         if gemma_norms:
             m_out = dec.post_feedforward_layernorm(m_out)
@@ -265,7 +298,7 @@ def run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | 
         if keep_streams:
             streams.append((q_in, k_in, v_in, m_in))
     col = graph.logits_col
-    f_in = _stream(resid, outs, corrupt, removed, graph.n_nodes, slice(col, col + 1), force)[:, :, 0]
+    f_in = patch.stream(resid, graph.n_nodes, slice(col, col + 1))[:, :, 0]
     if keep_streams:
         streams.append(f_in)
     final = arch.final_norm

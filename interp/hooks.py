@@ -88,9 +88,14 @@ def interp_attention(module, query, key, value, attention_mask, scaling=None, dr
     # runtimes active on this module, outermost first (nested contexts compose: an intervention installed
     # outside a caching context is applied before the cache reads the value)
     rts = getattr(module, "_interp_rts", ())
+    softcap = kwargs.get("softcap")
+    if not rts and softcap is None:  # nothing hooked here (or a non-decoder module, e.g. a vision tower)
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **{k: v for k, v in kwargs.items() if k != "sliding_window"})
     layer = module.layer_idx
     scaling = module.scaling if scaling is None else scaling
-    softcap = kwargs.get("softcap")
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     for rt in rts:
         query = rt.apply_bhnd(layer, "q", query)

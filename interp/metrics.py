@@ -28,7 +28,10 @@ def _ids(ids, batch: int, name: str) -> torch.Tensor:
     if t.ndim == 0:
         t = t.expand(batch)
     if t.ndim == 1:
-        t = t[:, None] if t.shape[0] == batch else t[None, :].expand(batch, -1)
+        if t.shape[0] != batch:
+            raise ValueError(f"{name} has {t.shape[0]} ids but the logits have {batch} batch rows: give one id per "
+                             "row, an int for all rows, or [batch, n] for several answers per row")
+        t = t[:, None]
     if t.ndim != 2 or t.shape[0] != batch:
         raise ValueError(f"{name} must be an int, a list of {batch} ids (one per batch row) or [batch, n]; "
                          f"got shape {tuple(t.shape)}")

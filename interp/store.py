@@ -6,8 +6,9 @@ every prompt sees the positions it would see alone. A handler per requested site
 left-aligned: slot ``t`` of example ``b`` is its ``t``-th kept position, unused slots are 0 and ``store.mask``
 says which slots are real. Layout of ``store[site]`` per component (``interp.sites`` has the hook shapes)::
 
-    reduce=None     [n_examples, pos, *rest]  rest: d_model | head, d_head | head, d_model (head_out) | d_vocab
-                                              (logits); pattern: [n_examples, head, query_pos, key_pos]
+    reduce=None     [n_examples, pos, *rest]  rest: d_model | head, d_head | head, d_model (head_out)
+                                              | d_vocab (logits)
+                    pattern:  [n_examples, head, query_pos, key_pos]
     "mean" / "sum"  [pos, *rest]              mean over the examples that have that slot (padding excluded)
     "mean_token"    {token_id: [*rest]}       mean over every kept position holding that token
     ("topk", k)     [k, pos, *rest]           the k examples of largest norm (``store.topk_indices``)

@@ -19,8 +19,9 @@
 import os
 import tempfile
 
-import interp
 from interp.analyses import registry
+
+import interp
 from interp.report import run_report
 
 {name: spec.description for name, spec in registry.available().items()}

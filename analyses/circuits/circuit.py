@@ -154,7 +154,7 @@ def circuit_figure(circuit: Circuit, *, max_edges: int = 300, title: str | None 
     pos = {n: ((x_logits if x == float("inf") else x), y) for n, (x, y) in pos.items()}
     smax = max((abs(s) for s in c.scores), default=1.0) or 1.0
     fig = go.Figure()
-    for (up, down, kind), s in zip(c.edges, c.scores):
+    for (up, down, kind), s in zip(c.edges, c.scores, strict=True):
         (x0, y0), (x1, y1) = pos[up], pos[down]
         fig.add_trace(go.Scatter(
             x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="text", showlegend=False,

@@ -39,7 +39,7 @@ def _stream_grads(model, metric, *, ids=None, embeds=None):
                         f"{tuple(getattr(value, 'shape', ()))}")
     flat = [t for layer in run.streams[:-1] for t in layer] + [run.streams[-1]]
     grads = torch.autograd.grad(value, flat, allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)]
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads, strict=True)]
     return torch.stack(run.outs).detach(), grads, float(value.detach())
 
 

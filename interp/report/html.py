@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;
-color:#222}
-h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em} h3{margin-bottom:.3em}
-table{border-collapse:collapse;font-size:13px;margin:.5em 0} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;
+padding:1em 2em;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+h3{margin-bottom:.3em} table{border-collapse:collapse;font-size:13px;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f4f4f4} .meta{color:#555;font-size:14px} .score{display:flex;gap:1.5em;align-items:flex-start}
-.score .fig{flex:1 1 auto;min-width:0} nav a{margin-right:1em}
+.score .fig{flex:1 1 0;min-width:0} .score .top{flex:0 0 190px;order:2} nav a{margin-right:1em}
 """
 
 
@@ -52,7 +53,7 @@ def top_k_jaccard(wide: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def atlas_tables(scores: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(Jaccard of top-k head sets, Spearman rank correlation) between all head-level (analysis/score) pairs."""
+    """(Jaccard of top-k head sets, Spearman rank correlation) between all head-level analysis/score pairs."""
     hl = head_level(scores).copy()
     hl["key"] = hl["analysis"] + "/" + hl["score"]
     wide = hl.pivot_table(index=["layer", "head"], columns="key", values="value", aggfunc="mean", sort=False)
@@ -78,7 +79,8 @@ def _score_figure(mat: np.ndarray, name: str, head_label: str):
     n_layers = mat.shape[0]
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.16,
                         subplot_titles=(f"{name}: layer × {head_label}", "distribution over heads"))
-    fig.add_trace(go.Heatmap(z=mat, x=list(range(mat.shape[1])), y=list(range(n_layers)), colorscale="Viridis",
+    fig.add_trace(go.Heatmap(z=mat, x=list(range(mat.shape[1])), y=list(range(n_layers)),
+                             colorscale="Viridis",
                              colorbar=dict(x=0.52, len=0.9, thickness=14),
                              hovertemplate=f"L%{{y}} {head_label} %{{x}}<br>value %{{z:.4g}}<extra></extra>"),
                   row=1, col=1)
@@ -96,9 +98,10 @@ def _score_figure(mat: np.ndarray, name: str, head_label: str):
 def _top_table(sub: pd.DataFrame, k: int, head_col: str) -> str:
     top = sub.sort_values("value", ascending=False, kind="stable").head(k)
     rows = "".join(
-        f"<tr><td>{i + 1}</td><td>L{int(r.layer)}{'KV' if head_col == 'kv_head' else 'H'}{int(getattr(r, head_col))}"
-        f"</td><td>{r.value:.4g}</td></tr>" for i, r in enumerate(top.itertuples()))
-    return f"<table class='top'><tr><th>#</th><th>head</th><th>value</th></tr>{rows}</table>"
+        f"<tr><td>{i + 1}</td><td>L{int(r.layer)}{'KV' if head_col == 'kv_head' else 'H'}"
+        f"{int(getattr(r, head_col))}</td><td>{r.value:.4g}</td></tr>"
+        for i, r in enumerate(top.itertuples()))
+    return f"<table><tr><th>#</th><th>head</th><th>value</th></tr>{rows}</table>"
 
 
 def _atlas_figure(jac: pd.DataFrame, rho: pd.DataFrame, k: int):
@@ -148,10 +151,12 @@ def render_report(scores: pd.DataFrame, *, model_name: str, shape, params: dict 
                 if not len(part):
                     continue
                 mat = np.full((shape.n_layers, n_cols), np.nan)
-                mat[part["layer"].to_numpy(), part[head_col].astype(int).to_numpy()] = part["value"].to_numpy()
-                body.append("<div class='score'><div class='fig'>"
-                            + figs.div(_score_figure(mat, score, label))
-                            + f"</div><div><b>top {top_k}</b>{_top_table(part, top_k, head_col)}</div></div>")
+                cols = part[head_col].astype(int).to_numpy()
+                mat[part["layer"].to_numpy(), cols] = part["value"].to_numpy()
+                # the table comes first in the DOM so that plotly sizes the figure to the space left over
+                body.append(f"<div class='score'><div class='top'><b>top {top_k}</b>"
+                            + _top_table(part, top_k, head_col) + "</div><div class='fig'>"
+                            + figs.div(_score_figure(mat, score, label)) + "</div></div>")
             if len(model_rows):
                 rows = "".join(f"<tr><td>{_esc(r.score)}</td><td>{r.value:.6g}</td></tr>"
                                for r in model_rows.itertuples())
@@ -159,8 +164,8 @@ def render_report(scores: pd.DataFrame, *, model_name: str, shape, params: dict 
     body.append("<h2 id='atlas'>Atlas: how head sets overlap</h2>")
     jac, rho = atlas_tables(scores, top_k) if len(head_level(scores)) else (pd.DataFrame(), pd.DataFrame())
     if jac.shape[0] >= 2:
-        body.append(f"<p class='meta'>Jaccard |A∩B|/|A∪B| of the top-{top_k} heads of each score, and Spearman "
-                    "rank correlation of the scores over heads.</p>")
+        body.append(f"<p class='meta'>Jaccard |A∩B|/|A∪B| of the top-{top_k} heads of each score, and "
+                    "Spearman rank correlation of the scores over heads.</p>")
         body.append(figs.div(_atlas_figure(jac, rho, top_k)))
     else:
         body.append("<p class='meta'>The atlas needs at least two head-level scores.</p>")

@@ -18,7 +18,7 @@ import pandas as pd
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temp path next to ``path``; on normal exit it replaces ``path`` atomically, on error it is removed."""
+    """Yield a temp path next to ``path``; on exit it atomically replaces ``path`` (removed on error)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

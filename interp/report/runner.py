@@ -2,7 +2,7 @@
 
 Layout of ``<out>``::
 
-    run.json                      model + interp version of the run (written first; guards against mixing runs)
+    run.json                      model + interp version (written first; guards against mixing runs)
     parts/<analysis>.<table>.parquet, parts/<analysis>.json   one analysis's results; the .json (params hash,
                                   timing, tables) is written last and marks the part complete
     official/<analysis>/...       published formats, where an analysis provides them
@@ -88,7 +88,8 @@ def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}
-    for name in ["interp", "torch", "transformers", "transformer_lens", "nnsight", "numpy", "pandas", "plotly"]:
+    names = ["interp", "torch", "transformers", "transformer_lens", "nnsight", "numpy", "pandas", "plotly"]
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -106,7 +107,7 @@ def _interp_version() -> str:
 
 
 def resolve_analyses(names) -> list[str]:
-    """Validate requested analysis names (``None`` = every available one); unknown names raise ``ReportError``."""
+    """Validate analysis names (``None`` = every available one); unknown names raise ``ReportError``."""
     from interp.analyses import registry
 
     if names is None or len(names) == 0:
@@ -140,7 +141,8 @@ def _prepare_out(out: Path, model_name: str, *, force: bool) -> dict | None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ReportError(f"output folder {out} is not writable ({e.strerror or e}); choose another --out") from None
+        raise ReportError(f"output folder {out} is not writable ({e.strerror or e}); "
+                          "choose another --out") from None
     prev = None
     if (out / "run.json").exists():
         prev = io.read_json(out / "run.json")
@@ -168,7 +170,8 @@ def _clear_run(out: Path) -> None:
     for name in [PARTS, "official", "tables"]:
         if (out / name).is_dir():
             shutil.rmtree(out / name)
-    for name in ["run.json", "manifest.json", "scores.parquet", "scores.csv", "per_token.parquet", "report.html"]:
+    for name in ["run.json", "manifest.json", "scores.parquet", "scores.csv", "per_token.parquet",
+                 "report.html"]:
         if (out / name).exists():
             (out / name).unlink()
 
@@ -181,7 +184,7 @@ def params_hash(analysis: str, params: dict, seed: int, model) -> str:
 
 
 def analysis_params(spec, overrides: dict | None, n_tokens: int | None) -> dict:
-    """Defaults ← config ``[params.<analysis>]`` ← ``--n-tokens`` (only for analyses that take ``n_tokens``)."""
+    """Defaults ← config ``[params.<analysis>]`` ← ``--n-tokens`` (for analyses that take ``n_tokens``)."""
     params = dict(spec.default_params)
     bad = sorted(set(overrides or {}) - set(params))
     if bad:
@@ -244,8 +247,9 @@ def _run_one(spec, model, params, seed, out: Path, h: str):
     if spec.official_outputs is not None:
         off_dir = out / "official" / spec.name
         off_dir.mkdir(parents=True, exist_ok=True)
-        official = [str(Path(p).relative_to(out)) if Path(p).is_absolute() and out in Path(p).parents else str(p)
-                    for p in (spec.official_outputs(results, params, off_dir) or [])]
+        written = spec.official_outputs(results, params, off_dir) or []
+        official = [str(Path(p).relative_to(out)) if out.resolve() in Path(p).resolve().parents else str(p)
+                    for p in written]
     meta = {"analysis": spec.name, "params": params, "params_hash": h, "seconds": round(seconds, 3),
             "tables": sorted(results), "official": official}
     io.write_json(parts / f"{spec.name}.json", meta)  # written last: marks the part complete
@@ -325,7 +329,8 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     for n in names:
         for table, df in parts[n].items():
             if table not in ("scores", "per_token"):
-                extra.append(str(io.write_parquet(out / "tables" / f"{n}.{table}.parquet", df).relative_to(out)))
+                path = io.write_parquet(out / "tables" / f"{n}.{table}.parquet", df)
+                extra.append(str(path.relative_to(out)))
 
     from .html import render_report
 

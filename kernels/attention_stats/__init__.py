@@ -5,10 +5,13 @@ For query row i (absolute position abs_i = i + query_offset) and key j:
     A_ij = softmax over allowed keys (j <= abs_i, abs_i - j < window, key not padding), in >= fp32.
 Row stats ([batch, head, query_pos]) and column stats ([batch, head, key_pos]) are reductions of A; see
 ``reference.py`` for every formula and ``_spec.py`` for the padding convention.  Implementations:
-``reference`` (dense float64 spec), ``chunked`` (CPU default, torch), ``triton`` (FlashAttention-style kernels).
+``reference`` (dense float64 spec), ``chunked`` (CPU default, torch), ``triton`` (FlashAttention-style
+kernels).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -17,8 +20,15 @@ from .chunked import chunked_stats
 from .reference import reference_stats
 
 __all__ = [
-    "COL_STATS", "ROW_STATS", "VALID_STATS", "StatsSpec", "chunked_stats", "compute_attention_stats",
-    "output_names", "reference_stats", "triton_available",
+    "COL_STATS",
+    "ROW_STATS",
+    "VALID_STATS",
+    "StatsSpec",
+    "chunked_stats",
+    "compute_attention_stats",
+    "output_names",
+    "reference_stats",
+    "triton_available",
 ]
 
 
@@ -31,10 +41,26 @@ def triton_available() -> bool:
     return True
 
 
-def compute_attention_stats(q: torch.Tensor, k: torch.Tensor, *, stats, scale: float, token_ids=None,
-                            key_padding_mask=None, window=None, softcap=None, sink_k=4, recent_w=64,
-                            distance_cap=None, top_k=5, key_set=None, query_offset=None, impl="auto",
-                            memory_budget_mb=256, row_lse=None) -> dict[str, torch.Tensor]:
+def compute_attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    stats,
+    scale: float,
+    token_ids=None,
+    key_padding_mask=None,
+    window=None,
+    softcap=None,
+    sink_k=4,
+    recent_w=64,
+    distance_cap=None,
+    top_k=5,
+    key_set=None,
+    query_offset=None,
+    impl="auto",
+    memory_budget_mb=256,
+    row_lse=None,
+) -> dict[str, torch.Tensor]:
     """Compute the requested attention statistics.
 
     Args:
@@ -66,10 +92,23 @@ def compute_attention_stats(q: torch.Tensor, k: torch.Tensor, *, stats, scale: f
         raise ValueError(f"impl must be one of {list(IMPLS)}, got {impl!r}")
     if not isinstance(memory_budget_mb, (int, float)) or not memory_budget_mb > 0:
         raise ValueError(f"memory_budget_mb must be a positive number, got {memory_budget_mb!r}")
-    spec = validate(q, k, stats=stats, scale=scale, token_ids=token_ids, key_padding_mask=key_padding_mask,
-                    window=window, softcap=softcap, sink_k=sink_k, recent_w=recent_w,
-                    distance_cap=distance_cap, top_k=top_k, key_set=key_set, query_offset=query_offset,
-                    row_lse=row_lse)
+    spec = validate(
+        q,
+        k,
+        stats=stats,
+        scale=scale,
+        token_ids=token_ids,
+        key_padding_mask=key_padding_mask,
+        window=window,
+        softcap=softcap,
+        sink_k=sink_k,
+        recent_w=recent_w,
+        distance_cap=distance_cap,
+        top_k=top_k,
+        key_set=key_set,
+        query_offset=query_offset,
+        row_lse=row_lse,
+    )
     if not spec.stats:
         return {}
     if impl == "auto":
@@ -80,6 +119,11 @@ def compute_attention_stats(q: torch.Tensor, k: torch.Tensor, *, stats, scale: f
         return chunked_stats(q, k, spec, memory_budget_mb=memory_budget_mb)
     if not triton_available():
         raise ValueError("impl='triton' requested but triton is not importable")
+    if not q.is_cuda:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 (set it before import)")
+        if torch.bfloat16 in (q.dtype, k.dtype):
+            raise ValueError("impl='triton' on CPU (TRITON_INTERPRET=1) takes fp16/fp32/fp64, not bfloat16")
     from .triton_impl import triton_stats
 
     return triton_stats(q, k, spec)

@@ -6,9 +6,9 @@ Notation (all implementations follow it exactly):
 * Key ``j`` is *allowed* for row ``i`` iff ``j <= abs_i``, ``abs_i - j < window`` (when a window is given)
   and ``key_padding_mask[b, j]`` (when given).
 * Row ``i`` is *valid* iff its own token is not padding, ``key_padding_mask[b, abs_i]``.  A valid row always
-  has at least one allowed key (itself).  Invalid (padding) rows get ``A = 0``: every mass / entropy / distance
-  stat is 0, ``lse`` and ``max`` are ``-inf``, ``argmax`` and ``topk_idx`` are -1, and they contribute nothing
-  to the column statistics.  Nothing is NaN.
+  has at least one allowed key (itself).  Invalid (padding) rows get ``A = 0``: every mass / entropy /
+  distance stat is 0, ``lse`` and ``max`` are ``-inf``, ``argmax`` and ``topk_idx`` are -1, and they
+  contribute nothing to the column statistics.  Nothing is NaN.
 * ``n_keys_i`` = number of allowed keys of row i; ``n_rows_j`` = number of valid rows that may attend key j.
 """
 
@@ -20,8 +20,20 @@ from dataclasses import dataclass
 import torch
 
 ROW_STATS = (
-    "lse", "max", "entropy", "entropy_norm", "argmax", "topk", "mass_first", "mass_keyset", "mass_recent",
-    "mass_self", "attn_distance", "prev_token", "duplicate", "induction",
+    "lse",
+    "max",
+    "entropy",
+    "entropy_norm",
+    "argmax",
+    "topk",
+    "mass_first",
+    "mass_keyset",
+    "mass_recent",
+    "mass_self",
+    "attn_distance",
+    "prev_token",
+    "duplicate",
+    "induction",
 )
 COL_STATS = ("col_sum", "col_alpha", "col_entropy")
 VALID_STATS = ROW_STATS + COL_STATS
@@ -55,22 +67,40 @@ def _check_mask(name: str, t, batch: int, key_pos: int, device) -> torch.Tensor 
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape [batch, key_pos], got {type(t).__name__}")
     if tuple(t.shape) != (batch, key_pos):
-        raise ValueError(f"{name} must have shape [batch, key_pos] = {(batch, key_pos)}, got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape [batch, key_pos] = {(batch, key_pos)}, got {tuple(t.shape)}"
+        )
     if t.dtype != torch.bool:
         raise ValueError(f"{name} must be a bool tensor, got dtype {t.dtype}")
     return t.to(device)
 
 
-def validate(q, k, *, stats, scale, token_ids=None, key_padding_mask=None, window=None, softcap=None,
-             sink_k=4, recent_w=64, distance_cap=None, top_k=5, key_set=None, query_offset=None,
-             row_lse=None) -> StatsSpec:
+def validate(
+    q,
+    k,
+    *,
+    stats,
+    scale,
+    token_ids=None,
+    key_padding_mask=None,
+    window=None,
+    softcap=None,
+    sink_k=4,
+    recent_w=64,
+    distance_cap=None,
+    top_k=5,
+    key_set=None,
+    query_offset=None,
+    row_lse=None,
+) -> StatsSpec:
     """Check every argument up front; raise ``ValueError`` naming the offending value."""
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 4:
-            raise ValueError(f"{name} must be 4-D ([batch, heads, pos, d_head]), got ndim={t.ndim} "
-                             f"shape={tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be 4-D ([batch, heads, pos, d_head]), got ndim={t.ndim} shape={tuple(t.shape)}"
+            )
         if t.dtype not in FLOAT_DTYPES:
             raise ValueError(f"{name} must be a floating tensor (fp16/bf16/fp32/fp64), got {t.dtype}")
     batch, head, query_pos, d_head = q.shape
@@ -82,7 +112,9 @@ def validate(q, k, *, stats, scale, token_ids=None, key_padding_mask=None, windo
     if kv_head < 1 or head % kv_head != 0:
         raise ValueError(f"head={head} must be divisible by kv_head={kv_head}")
     if query_pos < 1 or key_pos < 1:
-        raise ValueError(f"need query_pos >= 1 and key_pos >= 1, got query_pos={query_pos}, key_pos={key_pos}")
+        raise ValueError(
+            f"need query_pos >= 1 and key_pos >= 1, got query_pos={query_pos}, key_pos={key_pos}"
+        )
     if query_pos > key_pos:
         raise ValueError(f"query_pos={query_pos} > key_pos={key_pos}: keys must include every query position")
     if q.device != k.device:
@@ -108,8 +140,10 @@ def validate(q, k, *, stats, scale, token_ids=None, key_padding_mask=None, windo
     if query_offset is None:
         query_offset = key_pos - query_pos
     if not isinstance(query_offset, int) or not 0 <= query_offset <= key_pos - query_pos:
-        raise ValueError(f"query_offset must be an int in [0, key_pos - query_pos] = [0, {key_pos - query_pos}],"
-                         f" got {query_offset!r}")
+        raise ValueError(
+            f"query_offset must be an int in [0, key_pos - query_pos] = [0, {key_pos - query_pos}],"
+            f" got {query_offset!r}"
+        )
     dev = q.device
     key_padding_mask = _check_mask("key_padding_mask", key_padding_mask, batch, key_pos, dev)
     key_set = _check_mask("key_set", key_set, batch, key_pos, dev)
@@ -117,23 +151,42 @@ def validate(q, k, *, stats, scale, token_ids=None, key_padding_mask=None, windo
         raise ValueError("stat 'mass_keyset' needs key_set (bool [batch, key_pos])")
     if token_ids is not None:
         if not isinstance(token_ids, torch.Tensor) or tuple(token_ids.shape) != (batch, key_pos):
-            shape = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
-            raise ValueError(f"token_ids must be an integer tensor of shape [batch, key_pos] = "
-                             f"{(batch, key_pos)}, got {shape}")
+            shape = (
+                tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
+            )
+            raise ValueError(
+                f"token_ids must be an integer tensor of shape [batch, key_pos] = "
+                f"{(batch, key_pos)}, got {shape}"
+            )
         if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
             raise ValueError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
         token_ids = token_ids.to(device=dev, dtype=torch.int64)
     elif stats & TOKEN_STATS:
-        raise ValueError(f"stats {sorted(stats & TOKEN_STATS)} need token_ids (int64 [batch, key_pos]); "
-                         "got token_ids=None")
+        raise ValueError(
+            f"stats {sorted(stats & TOKEN_STATS)} need token_ids (int64 [batch, key_pos]); got token_ids=None"
+        )
     if row_lse is not None:
         if not isinstance(row_lse, torch.Tensor) or tuple(row_lse.shape) != (batch, head, query_pos):
             shape = tuple(row_lse.shape) if isinstance(row_lse, torch.Tensor) else type(row_lse).__name__
-            raise ValueError(f"row_lse must have shape [batch, head, query_pos] = {(batch, head, query_pos)},"
-                             f" got {shape}")
+            raise ValueError(
+                f"row_lse must have shape [batch, head, query_pos] = {(batch, head, query_pos)}, got {shape}"
+            )
         row_lse = row_lse.to(dev)
-    return StatsSpec(stats, float(scale), None if softcap is None else float(softcap), window, sink_k,
-                     recent_w, distance_cap, top_k, query_offset, token_ids, key_padding_mask, key_set, row_lse)
+    return StatsSpec(
+        stats,
+        float(scale),
+        None if softcap is None else float(softcap),
+        window,
+        sink_k,
+        recent_w,
+        distance_cap,
+        top_k,
+        query_offset,
+        token_ids,
+        key_padding_mask,
+        key_set,
+        row_lse,
+    )
 
 
 def output_names(stats: frozenset) -> list[str]:
@@ -150,7 +203,7 @@ def row_valid(spec: StatsSpec, batch: int, query_pos: int, device) -> torch.Tens
     if spec.key_padding_mask is None:
         return torch.ones(batch, query_pos, dtype=torch.bool, device=device)
     off = spec.query_offset
-    return spec.key_padding_mask[:, off:off + query_pos]
+    return spec.key_padding_mask[:, off : off + query_pos]
 
 
 def row_key_counts(spec: StatsSpec, batch: int, query_pos: int, key_pos: int, device) -> torch.Tensor:
@@ -172,7 +225,7 @@ def col_row_counts(spec: StatsSpec, batch: int, query_pos: int, key_pos: int, de
     """Int64 [batch, key_pos]: n_rows_j, number of valid query rows i with key j allowed."""
     off = spec.query_offset
     v = torch.zeros(batch, key_pos + 1, dtype=torch.int64, device=device)
-    v[:, off + 1:off + query_pos + 1] = row_valid(spec, batch, query_pos, device).to(torch.int64)
+    v[:, off + 1 : off + query_pos + 1] = row_valid(spec, batch, query_pos, device).to(torch.int64)
     v = v.cumsum(-1)  # v[:, p] = number of valid rows with abs position < p
     j = torch.arange(key_pos, device=device)
     hi = (j + spec.window).clamp(max=key_pos) if spec.window is not None else torch.full_like(j, key_pos)
@@ -185,7 +238,8 @@ def col_row_counts(spec: StatsSpec, batch: int, query_pos: int, key_pos: int, de
 def finalize(out: dict, spec: StatsSpec, batch: int, query_pos: int, key_pos: int, device) -> dict:
     """Derived stats shared by the O(n) implementations.
 
-    entropy_norm = entropy / log(n_keys) (0 when n_keys <= 1); col_alpha = col_sum / n_rows (0 when n_rows = 0);
+    entropy_norm = entropy / log(n_keys) (0 when n_keys <= 1);
+    col_alpha = col_sum / n_rows (0 when n_rows = 0);
     col_entropy = log S_j - T_j / S_j from S_j = col_sum, T_j = sum_i A_ij log A_ij stored under '_col_alogA'.
     """
     st = spec.stats

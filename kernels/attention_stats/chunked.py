@@ -1,7 +1,8 @@
 """Chunked O(n)-memory CPU implementation (torch only), same formulas as ``reference``.
 
 Queries are processed in row strips of ``q_tile`` rows; each strip only visits the causal (and windowed) key
-range ``[lo, abs_last]``.  When a strip fits in one key tile (the common case, sized from ``memory_budget_mb``)
+range ``[lo, abs_last]``.  When a strip fits in one key tile (the common case, sized from
+``memory_budget_mb``)
 everything is done in ONE pass over the logits tile:
 
     S = (scale q) k^T  [batch, kv_head, group * q_tile, key_tile]  (GQA: q viewed as [b, kv, group, q, d])
@@ -10,8 +11,9 @@ everything is done in ONE pass over the logits tile:
     entropy = -sum_j A (S - m) - (m - lse) sum_j A                     (shifted, no cancellation)
     col_sum += sum_i A,   sum_i A log A += sum_i A (S - m) + (m - lse)^T A
 
-When the key range needs several tiles, pass 1 computes the row LSE online (lse = logaddexp over tiles; skipped if
-``row_lse`` is given) and pass 2 recomputes each logits tile and reduces all stats from it.  Running argmax keeps
+When the key range needs several tiles, pass 1 computes the row LSE online (lse = logaddexp over tiles;
+skipped if ``row_lse`` is given) and pass 2 recomputes each logits tile and reduces all stats from it.
+Running argmax keeps
 the earliest index on ties; running top-k merges tile top-k sorted by (value desc, index asc).
 Compute dtype is fp32 (fp64 for fp64 inputs); masked logits use -1e30 (finite, so 0 * log 0 never makes NaN).
 """
@@ -26,7 +28,7 @@ from ._spec import StatsSpec, finalize, row_valid
 
 NEG = -1.0e30  # masked logit
 BIG = 1.0e30  # lse used for padding rows: A = exp(s - BIG) = 0
-_DEFAULT_Q_TILE = 64
+_STRIP_ELEMS = 6 * 2**20  # preferred logits per row strip
 
 
 def tile_sizes(batch, head, query_pos, key_pos, window, elem_bytes, memory_budget_mb, n_buffers=4):
@@ -36,7 +38,11 @@ def tile_sizes(batch, head, query_pos, key_pos, window, elem_bytes, memory_budge
     def width(t):
         return key_pos if window is None else min(key_pos, window + t - 1)
 
-    t = min(query_pos, _DEFAULT_Q_TILE)
+    # ~6M logits per strip: big enough to amortise per-op overhead, small enough to stay cache friendly
+    t = 16
+    while t < query_pos and batch * head * (2 * t) * width(2 * t) <= _STRIP_ELEMS:
+        t *= 2
+    t = min(query_pos, t)
     while t > 1 and batch * head * t * width(t) > max_elems:
         t //= 2
     if batch * head * t * width(t) <= max_elems:
@@ -72,7 +78,7 @@ class _Tiler:
     def logits(self, q0, T, j0, j1):
         """Masked logits [batch, head, T, j1 - j0] for rows q0..q0+T-1 and keys j0..j1-1."""
         B, KV, G, W, sp = self.B, self.KV, self.G, j1 - j0, self.spec
-        qt = self.qg[:, :, :, q0:q0 + T].reshape(B, KV, G * T, self.D)
+        qt = self.qg[:, :, :, q0 : q0 + T].reshape(B, KV, G * T, self.D)
         S = self.buf_s[: B * KV * G * T * W].view(B, KV, G * T, W)
         torch.matmul(qt, self.kT[..., j0:j1], out=S)
         S = S.view(B, self.H, T, W)
@@ -97,7 +103,7 @@ class _Tiler:
         return S
 
     def softmax(self, S, m=None):
-        """In place S -= m (m = row max of S, computed if None); returns (P = softmax(S) in buf_p, m, lse_tile)."""
+        """In place S -= m (m = row max, computed if None); returns (P = softmax(S) in buf_p, m, lse_tile)."""
         if m is None:
             m = S.amax(-1)
         S.sub_(m[..., None])
@@ -134,8 +140,16 @@ def _merge_topk(v1, i1, v2, i2, kk):
     return torch.gather(v, -1, o), torch.gather(i, -1, o)
 
 
-def chunked_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, memory_budget_mb: float = 256,
-                  q_tile: int | None = None, k_tile: int | None = None) -> dict[str, torch.Tensor]:
+@torch.no_grad()
+def chunked_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    spec: StatsSpec,
+    *,
+    memory_budget_mb: float = 256,
+    q_tile: int | None = None,
+    k_tile: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Tiled stats without materialising [query_pos, key_pos].
 
     q: [batch, head, query_pos, d_head]; k: [batch, kv_head, key_pos, d_head].
@@ -155,9 +169,18 @@ def chunked_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, memory_b
     need_col = bool(st & {"col_sum", "col_alpha", "col_entropy"})
     need_cent = "col_entropy" in st
     need_top = bool(st & {"argmax", "topk", "max"})
+    need_dist = bool(st & {"mass_recent", "attn_distance", "duplicate", "induction"})
     acc = {}
-    for name in ("mass_first", "mass_keyset", "mass_recent", "mass_self", "prev_token", "attn_distance",
-                 "duplicate", "induction"):
+    for name in (
+        "mass_first",
+        "mass_keyset",
+        "mass_recent",
+        "mass_self",
+        "prev_token",
+        "attn_distance",
+        "duplicate",
+        "induction",
+    ):
         if name in st:
             acc[name] = rz()
     ent = rz() if need_ent else None
@@ -180,13 +203,13 @@ def chunked_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, memory_b
         a0, a1 = q0 + off, q0 + off + T
         lo = 0 if spec.window is None else max(0, a0 - spec.window + 1)
         tiles = [(j, min(a1, j + k_tile)) for j in range(lo, a1, k_tile)]
-        valid = tl.valid[:, q0:q0 + T][:, None, :]  # [B, 1, T]
+        valid = tl.valid[:, q0 : q0 + T][:, None, :]  # [B, 1, T]
         all_valid = bool(valid.all())
         single = len(tiles) == 1
         if single:
             lse = None
         elif spec.row_lse is not None:
-            lse = spec.row_lse[:, :, q0:q0 + T].to(cd)
+            lse = spec.row_lse[:, :, q0 : q0 + T].to(cd)
         else:  # pass 1: online LSE over key tiles
             lse = torch.full((B, H, T), -math.inf, dtype=cd, device=dev)
             for j0, j1 in tiles:
@@ -200,18 +223,19 @@ def chunked_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, memory_b
             if need_top:
                 if "argmax" in st:
                     m_raw, i_raw = S.max(-1)
-                    upd = m_raw > mx[..., q0:q0 + T]
-                    amax_idx[..., q0:q0 + T] = torch.where(upd, i_raw + j0, amax_idx[..., q0:q0 + T])
+                    upd = m_raw > mx[..., q0 : q0 + T]
+                    amax_idx[..., q0 : q0 + T] = torch.where(upd, i_raw + j0, amax_idx[..., q0 : q0 + T])
                 else:
                     m_raw = S.amax(-1)
-                mx[..., q0:q0 + T] = torch.maximum(mx[..., q0:q0 + T], m_raw)
+                mx[..., q0 : q0 + T] = torch.maximum(mx[..., q0 : q0 + T], m_raw)
                 if "topk" in st:
                     v, i = _tile_topk(S, kk, j0)
                     if single:
-                        top_v[..., q0:q0 + T, : v.shape[-1]], top_i[..., q0:q0 + T, : v.shape[-1]] = v, i
+                        top_v[..., q0 : q0 + T, : v.shape[-1]], top_i[..., q0 : q0 + T, : v.shape[-1]] = v, i
                     else:
-                        top_v[..., q0:q0 + T, :], top_i[..., q0:q0 + T, :] = _merge_topk(
-                            top_v[..., q0:q0 + T, :], top_i[..., q0:q0 + T, :], v, i, kk)
+                        top_v[..., q0 : q0 + T, :], top_i[..., q0 : q0 + T, :] = _merge_topk(
+                            top_v[..., q0 : q0 + T, :], top_i[..., q0 : q0 + T, :], v, i, kk
+                        )
             A, m, lse_t = tl.softmax(S, m_raw)  # S now holds S - m
             if single:
                 lse = lse_t
@@ -221,36 +245,39 @@ def chunked_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, memory_b
             else:
                 fac = torch.exp(lse_t - lse_eff)
                 A.mul_(fac[..., None])
-            rowsum = (lambda: torch.ones_like(m)) if fac is None else (lambda f=fac: f)
-            jj = torch.arange(j0, j1, device=dev)
-            dist = absi[:, None] - jj[None, :]  # [T, W]
+            rowsum = (lambda m=m: torch.ones_like(m)) if fac is None else (lambda f=fac: f)
+            if need_dist:
+                jj = torch.arange(j0, j1, device=dev)
+                dist = absi[:, None] - jj[None, :]  # [T, W]: abs_i - j
             if "mass_first" in st and j0 < spec.sink_k:
-                acc["mass_first"][..., q0:q0 + T] += A[..., : spec.sink_k - j0].sum(-1)
+                acc["mass_first"][..., q0 : q0 + T] += A[..., : spec.sink_k - j0].sum(-1)
             if "mass_keyset" in st:
-                acc["mass_keyset"][..., q0:q0 + T] += (A.reshape(B, H * T, W) @ keyset[:, j0:j1, None]).view(B, H, T)
+                acc["mass_keyset"][..., q0 : q0 + T] += (
+                    A.reshape(B, H * T, W) @ keyset[:, j0:j1, None]
+                ).view(B, H, T)
             if "mass_recent" in st:
                 c0 = max(0, a0 - spec.recent_w + 1 - j0)
                 if c0 < W:
-                    acc["mass_recent"][..., q0:q0 + T] += _vecdot(A[..., c0:], dist[:, c0:] < spec.recent_w)
+                    acc["mass_recent"][..., q0 : q0 + T] += _vecdot(A[..., c0:], dist[:, c0:] < spec.recent_w)
             for name, shift in (("mass_self", 0), ("prev_token", 1)):
                 if name in st:
                     o = a0 - shift - j0  # column of row t is t + o
                     t0, t1 = max(0, -o), min(T, W - o)
                     if t1 > t0:
-                        acc[name][..., q0 + t0:q0 + t1] += torch.diagonal(A, offset=o, dim1=-2, dim2=-1)
+                        acc[name][..., q0 + t0 : q0 + t1] += torch.diagonal(A, offset=o, dim1=-2, dim2=-1)
             if "attn_distance" in st:
                 d = dist.clamp(min=0)
                 if spec.distance_cap is not None:
                     d = d.clamp(max=spec.distance_cap)
-                acc["attn_distance"][..., q0:q0 + T] += _vecdot(A, d)
+                acc["attn_distance"][..., q0 : q0 + T] += _vecdot(A, d)
             if tok is not None and st & {"duplicate", "induction"}:
                 qtok = tok[:, a0:a1, None]  # [B, T, 1]
                 if "duplicate" in st:
                     w = (tok[:, None, j0:j1] == qtok) & (dist > 0)
-                    acc["duplicate"][..., q0:q0 + T] += _vecdot(A, w[:, None])
+                    acc["duplicate"][..., q0 : q0 + T] += _vecdot(A, w[:, None])
                 if "induction" in st:
                     w = (ptok[:, None, j0:j1] == qtok) & (jj >= 1)
-                    acc["induction"][..., q0:q0 + T] += _vecdot(A, w[:, None])
+                    acc["induction"][..., q0 : q0 + T] += _vecdot(A, w[:, None])
             if need_col:
                 col[..., j0:j1] += (ones[..., :T] @ A).squeeze(-2)
             if need_ent or need_cent:
@@ -262,8 +289,8 @@ def chunked_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, memory_b
                 else:
                     ads = _vecdot(A, S)
                 if need_ent:
-                    ent[..., q0:q0 + T] -= ads + (m - lse_eff) * rowsum()
-        lse_out[..., q0:q0 + T] = lse
+                    ent[..., q0 : q0 + T] -= ads + (m - lse_eff) * rowsum()
+        lse_out[..., q0 : q0 + T] = lse
     out = dict(acc)
     valid_b = tl.valid[:, None, :]
     if "lse" in st:

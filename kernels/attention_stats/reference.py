@@ -12,7 +12,8 @@ Row stats [batch, head, query_pos]:
     padded with -1 / 0); mass_first = sum_{j < sink_k} A_ij; mass_keyset = sum_{key_set_j} A_ij;
     mass_recent = sum_{abs_i - j < recent_w} A_ij; mass_self = A_{i, abs_i}; prev_token = A_{i, abs_i - 1};
     attn_distance = sum_j A_ij min(abs_i - j, distance_cap);
-    duplicate = sum_{j < abs_i, tok_j = tok_{abs_i}} A_ij; induction = sum_{1 <= j <= abs_i, tok_{j-1} = tok_{abs_i}} A_ij
+    duplicate = sum_{j < abs_i, tok_j = tok_{abs_i}} A_ij;
+    induction = sum_{1 <= j <= abs_i, tok_{j-1} = tok_{abs_i}} A_ij
 Column stats [batch, head, key_pos] (sums over valid rows):
     col_sum_j = sum_i A_ij; col_alpha_j = col_sum_j / n_rows_j; col_entropy_j = -sum_i p_ij log p_ij with
     p_ij = A_ij / col_sum_j (0 where col_sum_j = 0).
@@ -38,7 +39,7 @@ def allowed_mask(spec: StatsSpec, batch: int, query_pos: int, key_pos: int, devi
     m = m[None].expand(batch, query_pos, key_pos)
     if spec.key_padding_mask is not None:
         pad = spec.key_padding_mask
-        qpad = pad[:, spec.query_offset:spec.query_offset + query_pos]
+        qpad = pad[:, spec.query_offset : spec.query_offset + query_pos]
         m = m & pad[:, None, :] & qpad[:, :, None]
     return m[:, None]
 
@@ -76,7 +77,6 @@ def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[s
     key_pos = k.shape[2]
     dev, st, f64 = q.device, spec.stats, torch.float64
     A, sm, allowed = reference_pattern(q, k, spec)
-    s = sm
     valid_row = allowed.any(-1)  # [batch, 1, query_pos]
     lse = torch.logsumexp(sm, -1)
     logA = torch.where(A > 0, torch.log(torch.where(A > 0, A, torch.ones_like(A))), torch.zeros_like(A))
@@ -92,7 +92,9 @@ def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[s
         ent = -(A * logA).sum(-1)
         out["entropy"] = ent
         n = allowed.sum(-1)
-        out["entropy_norm"] = torch.where(n > 1, ent / torch.log(n.clamp(min=2).to(f64)), torch.zeros_like(ent))
+        out["entropy_norm"] = torch.where(
+            n > 1, ent / torch.log(n.clamp(min=2).to(f64)), torch.zeros_like(ent)
+        )
     if "argmax" in st or "topk" in st:
         order = torch.sort(sm, dim=-1, descending=True, stable=True).indices  # ties: smaller j first
         ok = torch.gather(allowed.expand_as(sm), -1, order)
@@ -101,7 +103,9 @@ def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[s
         kk = spec.top_k
         idx = torch.full((batch, head, query_pos, kk), -1, dtype=torch.int64, device=dev)
         idx[..., : min(kk, key_pos)] = order_idx[..., :kk]
-        prob = torch.where(idx >= 0, torch.gather(A, -1, idx.clamp(min=0)), torch.zeros(1, dtype=f64, device=dev))
+        prob = torch.where(
+            idx >= 0, torch.gather(A, -1, idx.clamp(min=0)), torch.zeros(1, dtype=f64, device=dev)
+        )
         out["topk_idx"], out["topk_prob"] = idx, prob
     if "mass_first" in st:
         out["mass_first"] = A[..., : spec.sink_k].sum(-1)
@@ -120,10 +124,14 @@ def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[s
         out["attn_distance"] = (A * d).sum(-1)
     if "duplicate" in st or "induction" in st:
         tok = spec.token_ids
-        qtok = tok[:, spec.query_offset:spec.query_offset + query_pos]  # [batch, query_pos]
+        qtok = tok[:, spec.query_offset : spec.query_offset + query_pos]  # [batch, query_pos]
         dup = (tok[:, None, :] == qtok[:, :, None]) & (j[None, None, :] < absi[None, :, None])
         prev = torch.cat([torch.zeros_like(tok[:, :1]), tok[:, :-1]], dim=1)  # tok_{j-1}
-        ind = (prev[:, None, :] == qtok[:, :, None]) & (j >= 1)[None, None, :] & (j[None, None, :] <= absi[None, :, None])
+        ind = (
+            (prev[:, None, :] == qtok[:, :, None])
+            & (j >= 1)[None, None, :]
+            & (j[None, None, :] <= absi[None, :, None])
+        )
         out["duplicate"] = (A * dup[:, None]).sum(-1)
         out["induction"] = (A * ind[:, None]).sum(-1)
     if st & {"col_sum", "col_alpha", "col_entropy"}:
@@ -133,7 +141,9 @@ def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[s
         out["col_alpha"] = torch.where(n > 0, cs / n.clamp(min=1).to(f64), torch.zeros_like(cs))
         safe = torch.where(cs > 0, cs, torch.ones_like(cs))
         p = A / safe[..., None, :]
-        plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
+        plogp = torch.where(
+            p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p)
+        )
         out["col_entropy"] = -plogp.sum(-2)
     if not valid_row.all():
         inv = ~valid_row

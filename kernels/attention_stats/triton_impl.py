@@ -1,11 +1,13 @@
 """FlashAttention-style Triton kernels for attention statistics (same formulas as ``reference``).
 
 Row kernel, one program per (query block, batch*head); GQA: kv head = head // (head // kv_head):
-    loop 1 over causal/windowed key blocks:  m_new = max(m, max_j s_ij),  l = l exp(m - m_new) + sum_j exp(s_ij - m_new)
+    loop 1 over causal/windowed key blocks:  m_new = max(m, max_j s_ij),
+             l = l exp(m - m_new) + sum_j exp(s_ij - m_new)
              (argmax: first j reaching the running max, strict '>' across blocks keeps the smallest index)
     lse = m + log l  (BIG for padding rows so that A = 0)
     loop 2: A_ij = exp(s_ij - lse_i); accumulate sum_j A_ij f_ij for every requested row stat
-             (entropy: f = -(s - lse); masses: indicators; distance: min(abs_i - j, cap); dup/induction tokens).
+             (entropy: f = -(s - lse); masses: indicators; distance: min(abs_i - j, cap); dup/induction:
+             token matches).
 Column kernel, one program per (key block, batch*head): loops over the query blocks that may attend the block,
 recomputes A from the row LSE and accumulates col_sum_j = sum_i A_ij and sum_i A_ij (s_ij - lse_i).
 'topk' falls back to the chunked torch path.  Triton is imported lazily (inside this module only); on CPU
@@ -23,15 +25,21 @@ import triton.language as tl
 from ._spec import StatsSpec, finalize, row_valid
 
 BIG = 1.0e30
-ROW_SLOTS = ("ent", "mass_first", "mass_keyset", "mass_recent", "mass_self", "prev_token", "attn_distance",
-             "duplicate", "induction")
+ROW_SLOTS = (
+    "ent", "mass_first", "mass_keyset", "mass_recent", "mass_self", "prev_token", "attn_distance",
+    "duplicate", "induction",
+)
 
 
 @triton.jit
-def _logits(q, k_base, offs_n, offs_d, s_kn, s_kd, N, D, scale, softcap,
-            SOFTCAP: tl.constexpr, IEEE: tl.constexpr):
-    k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd,
-                mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+def _logits(
+    q, k_base, offs_n, offs_d, s_kn, s_kd, N, D, scale, softcap, SOFTCAP: tl.constexpr, IEEE: tl.constexpr
+):
+    k = tl.load(
+        k_base + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd,
+        mask=(offs_n[:, None] < N) & (offs_d[None, :] < D),
+        other=0.0,
+    )
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
@@ -54,14 +62,15 @@ def _allowed(abs_i, offs_n, pad_base, N, window, HAS_PAD: tl.constexpr, HAS_WIN:
 
 
 @triton.jit
-def _row_kernel(q_ptr, k_ptr, pad_ptr, tok_ptr, ks_ptr, out_ptr, amax_ptr,
-                s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd,
-                H, G, Q, N, D, off, scale, softcap, window, sink_k, recent_w, cap,
-                SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, HAS_WIN: tl.constexpr, IEEE: tl.constexpr,
-                ARGMAX: tl.constexpr, S_ENT: tl.constexpr, S_FIRST: tl.constexpr, S_KEYSET: tl.constexpr,
-                S_RECENT: tl.constexpr, S_SELF: tl.constexpr, S_PREV: tl.constexpr, S_DIST: tl.constexpr,
-                S_DUP: tl.constexpr, S_IND: tl.constexpr, PASS2: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _row_kernel(
+    q_ptr, k_ptr, pad_ptr, tok_ptr, ks_ptr, out_ptr, amax_ptr, s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd,
+    H, G, Q, N, D, off, scale, softcap, window, sink_k, recent_w, cap,
+    SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, HAS_WIN: tl.constexpr, IEEE: tl.constexpr,
+    ARGMAX: tl.constexpr, S_ENT: tl.constexpr, S_FIRST: tl.constexpr, S_KEYSET: tl.constexpr,
+    S_RECENT: tl.constexpr, S_SELF: tl.constexpr, S_PREV: tl.constexpr, S_DIST: tl.constexpr,
+    S_DUP: tl.constexpr, S_IND: tl.constexpr, PASS2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -69,8 +78,11 @@ def _row_kernel(q_ptr, k_ptr, pad_ptr, tok_ptr, ks_ptr, out_ptr, amax_ptr,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     abs_i = offs_m + off
-    q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
-                mask=(offs_m[:, None] < Q) & (offs_d[None, :] < D), other=0.0)
+    q = tl.load(
+        q_ptr + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
+        mask=(offs_m[:, None] < Q) & (offs_d[None, :] < D),
+        other=0.0,
+    )
     k_base = k_ptr + b * s_kb + (h // G) * s_kh
     pad_base = pad_ptr + b * N
     hi = tl.minimum(off + (pid_m + 1) * BLOCK_M, N)
@@ -166,11 +178,12 @@ def _row_kernel(q_ptr, k_ptr, pad_ptr, tok_ptr, ks_ptr, out_ptr, amax_ptr,
 
 
 @triton.jit
-def _col_kernel(q_ptr, k_ptr, pad_ptr, lse_ptr, col_ptr,
-                s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd,
-                H, G, Q, N, D, off, scale, softcap, window,
-                SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, HAS_WIN: tl.constexpr, IEEE: tl.constexpr,
-                ALOGA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _col_kernel(
+    q_ptr, k_ptr, pad_ptr, lse_ptr, col_ptr, s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd, H, G, Q, N, D,
+    off, scale, softcap, window,
+    SOFTCAP: tl.constexpr, HAS_PAD: tl.constexpr, HAS_WIN: tl.constexpr, IEEE: tl.constexpr,
+    ALOGA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -189,8 +202,11 @@ def _col_kernel(q_ptr, k_ptr, pad_ptr, lse_ptr, col_ptr,
     for start in range(lo, hi, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         abs_i = offs_m + off
-        q = tl.load(q_ptr + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
-                    mask=(offs_m[:, None] < Q) & (offs_d[None, :] < D), other=0.0)
+        q = tl.load(
+            q_ptr + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
+            mask=(offs_m[:, None] < Q) & (offs_d[None, :] < D),
+            other=0.0,
+        )
         s = _logits(q, k_base, offs_n, offs_d, s_kn, s_kd, N, D, scale, softcap, SOFTCAP, IEEE)
         ok = _allowed(abs_i, offs_n, pad_base, N, window, HAS_PAD, HAS_WIN) & (offs_m[:, None] < Q)
         lse = tl.load(lse_ptr + bh * Q + offs_m, mask=offs_m < Q, other=BIG)
@@ -204,11 +220,15 @@ def _col_kernel(q_ptr, k_ptr, pad_ptr, lse_ptr, col_ptr,
         tl.store(col_ptr + tl.num_programs(1) * N + bh * N + offs_n, acc_l, mask=offs_n < N)
 
 
-def triton_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, block_m: int | None = None,
-                 block_n: int | None = None) -> dict[str, torch.Tensor]:
+@torch.no_grad()
+def triton_stats(
+    q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, block_m: int | None = None, block_n: int | None =
+    None,
+) -> dict[str, torch.Tensor]:
     """Triton stats; q: [batch, head, query_pos, d_head], k: [batch, kv_head, key_pos, d_head].
 
-    Returns float32 row stats [batch, head, query_pos] and column stats [batch, head, key_pos] (int64 indices);
+    Returns float32 row stats [batch, head, query_pos] and column stats [batch, head, key_pos] (int64
+    indices);
     'topk' is computed by the chunked path.  block_m / block_n (powers of two >= 16) override the tiles.
     """
     from .chunked import chunked_stats
@@ -230,23 +250,32 @@ def triton_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, block_m: 
     out = torch.empty(nxt, B, H, Q, dtype=torch.float32, device=dev)
     amax = torch.empty(B, H, Q, dtype=torch.int64, device=dev)
     pad = spec.key_padding_mask
-    pad_t = (pad if pad is not None else torch.ones(B, N, dtype=torch.bool, device=dev)).to(torch.int8).contiguous()
-    tok = spec.token_ids.contiguous() if spec.token_ids is not None else torch.zeros(B, N, dtype=torch.int64,
-                                                                                      device=dev)
+    pad_t = (
+        (pad if pad is not None else torch.ones(B, N, dtype=torch.bool, device=dev))
+        .to(torch.int8)
+        .contiguous()
+    )
+    tok = (
+        spec.token_ids.contiguous()
+        if spec.token_ids is not None
+        else torch.zeros(B, N, dtype=torch.int64, device=dev)
+    )
     ks = (spec.key_set if spec.key_set is not None else pad_t).to(torch.int8).contiguous()
     softcap = spec.softcap or 1.0
     window = spec.window or N + 1
     cap = spec.distance_cap if spec.distance_cap is not None else N + 1
-    common = dict(SOFTCAP=spec.softcap is not None, HAS_PAD=pad is not None, HAS_WIN=spec.window is not None,
-                  IEEE=ieee, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=BD)
+    common = dict(
+        SOFTCAP=spec.softcap is not None, HAS_PAD=pad is not None, HAS_WIN=spec.window is not None, IEEE=ieee,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=BD,
+    )
     qs, kst = q.stride(), k.stride()
     _row_kernel[(triton.cdiv(Q, bm), B * H)](
-        q, k, pad_t, tok, ks, out, amax, *qs, *kst, H, H // KV, Q, N, D, spec.query_offset, spec.scale, softcap,
-        window, spec.sink_k, spec.recent_w, cap, ARGMAX="argmax" in st,
-        S_ENT=slots["ent"], S_FIRST=slots["mass_first"], S_KEYSET=slots["mass_keyset"],
-        S_RECENT=slots["mass_recent"], S_SELF=slots["mass_self"], S_PREV=slots["prev_token"],
-        S_DIST=slots["attn_distance"], S_DUP=slots["duplicate"], S_IND=slots["induction"],
-        PASS2=nxt > 2, **common)
+        q, k, pad_t, tok, ks, out, amax, *qs, *kst, H, H // KV, Q, N, D, spec.query_offset, spec.scale,
+        softcap, window, spec.sink_k, spec.recent_w, cap, ARGMAX="argmax" in st, S_ENT=slots["ent"],
+        S_FIRST=slots["mass_first"], S_KEYSET=slots["mass_keyset"], S_RECENT=slots["mass_recent"],
+        S_SELF=slots["mass_self"], S_PREV=slots["prev_token"], S_DIST=slots["attn_distance"],
+        S_DUP=slots["duplicate"], S_IND=slots["induction"], PASS2=nxt > 2, **common,
+    )
     valid = row_valid(spec, B, Q, dev)[:, None, :]
     res = {}
     if "lse" in st:
@@ -266,7 +295,8 @@ def triton_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, block_m: 
         lse_eff = out[0].contiguous()
         _col_kernel[(triton.cdiv(N, bn), B * H)](
             q, k, pad_t, lse_eff, col, *qs, *kst, H, H // KV, Q, N, D, spec.query_offset, spec.scale, softcap,
-            window, ALOGA=aloga, **common)
+            window, ALOGA=aloga, **common,
+        )
         res["col_sum" if "col_sum" in st else "_col_sum"] = col[0]
         if aloga:
             res["_col_alogA"] = col[1]

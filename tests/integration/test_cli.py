@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from interp.analyses import basic, registry
 from typer.testing import CliRunner
 
-from interp.analyses import basic, registry
 from interp.cli import app
 from interp.scores import COLUMNS
 
@@ -67,7 +67,8 @@ def test_help_and_listings():
     assert res.exit_code == 0
     assert all(m in res.output for m in ("smollm2-135m-instruct", "default", "tiny-llama", "gemma-3-270m"))
     res = invoke("report", "--help")
-    assert all(f in res.output for f in ("--analyses", "--out", "--config", "--n-tokens", "--seed", "--resume"))
+    flags = ("--analyses", "--out", "--config", "--n-tokens", "--seed", "--resume")
+    assert all(f in res.output for f in flags)
 
 
 def test_report_files_and_values(tiny_run):
@@ -139,7 +140,8 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path, monkeypatch):
     fresh = tmp_path / "fresh"
     assert report(fresh, "--analyses", "attention_basics,flaky").exit_code == 0
     assert len(calls) == 2
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "scores.parquet"), pd.read_parquet(fresh / "scores.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "scores.parquet"),
+                                  pd.read_parquet(fresh / "scores.parquet"))
     pd.testing.assert_frame_equal(pd.read_parquet(out / "per_token.parquet"),
                                   pd.read_parquet(fresh / "per_token.parquet"))
     for f in ["scores.csv", "report.html"]:
@@ -194,10 +196,10 @@ def test_bad_inputs(tmp_path, tiny_run):
     shutil.copytree(tiny_run, run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     _error(invoke("report", "--model", "tiny-qwen2", "--out", run, "-q"), "tiny-llama", "--force")
-    run_json = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**run_json, "interp_version": "0.0.1"}))
+    raw = (run / "run.json").read_bytes()
+    (run / "run.json").write_text(json.dumps({**json.loads(raw), "interp_version": "0.0.1"}))
     _error(report(run), "interp 0.0.1")
-    (run / "run.json").write_text(json.dumps(run_json))
+    (run / "run.json").write_bytes(raw)
     assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     res = invoke("report", "--model", "tiny-qwen2", "--out", run, "--n-tokens", 16, "-q", "--force")
     assert res.exit_code == 0, res.output

@@ -19,8 +19,9 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "reports" / "screenshots"
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                    reason="needs /usr/bin/chromium (apt-get install -y chromium chromium-driver)")
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="needs /usr/bin/chromium (apt-get install -y chromium chromium-driver)")
 
 
 def chromium(url: str, tmp_path: Path, *mode: str, budget_ms: int = 10000) -> subprocess.CompletedProcess:
@@ -39,6 +40,18 @@ def console_errors(stderr: str) -> list[str]:
 
 def network_requests(html: str) -> list[str]:
     return re.findall(r"""<(?:script|link|img)[^>]+(?:src|href)=["']?(https?:[^"' >]+)""", html)
+
+
+PROBE = """<script>setTimeout(function () {
+  var bad = [];
+  document.querySelectorAll(".score").forEach(function (row, i) {
+    var svg = row.querySelector(".main-svg"), top = row.querySelector(".top");
+    if (!svg || !top) { bad.push(i + ":missing"); return; }
+    var a = svg.getBoundingClientRect(), b = top.getBoundingClientRect();
+    if (a.right > b.left + 1) bad.push(i + ":" + Math.round(a.right) + ">" + Math.round(b.left));
+  });
+  document.body.setAttribute("data-overlaps", bad.join(";"));
+}, 1000);</script>"""
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +77,7 @@ def test_console_check_catches_errors(tmp_path):
     assert not console_errors(res.stderr) and '<p id="x">ok</p>' in res.stdout
 
 
+@pytest.mark.slow  # builds a report and starts Chromium twice (~20-60 s on 2 busy cores)
 @needs_chromium
 def test_report_renders_in_chromium(tiny_report, tmp_path):
     page = tiny_report / "report.html"
@@ -71,8 +85,13 @@ def test_report_renders_in_chromium(tiny_report, tmp_path):
     assert not network_requests(html), "the page must be self-contained"
     n_figs = html.count("Plotly.newPlot(")
     assert n_figs == 3  # first_token_mass, entropy, atlas
-    res = chromium(page.as_uri(), tmp_path, "--dump-dom")
+    # probe the laid-out page: each figure's SVG must stay left of its top-heads table (no overlap)
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", PROBE + "</body>"))
+    res = chromium(probed.as_uri(), tmp_path, "--dump-dom", "--window-size=1280,2000")
     assert res.returncode == 0, res.stderr[-2000:]
+    overlaps = re.search(r'data-overlaps="([^"]*)"', res.stdout)
+    assert overlaps is not None and overlaps.group(1) == "", overlaps and overlaps.group(1)
     assert not console_errors(res.stderr), console_errors(res.stderr)
     dom = res.stdout
     for i in range(1, n_figs + 1):  # every figure div got its SVG drawn by plotly.js
@@ -107,7 +126,8 @@ def test_atlas_matches_independent_computation():
                                  value=mat[layer, head], n_samples=1))
     scores = pd.DataFrame(rows)
     jac, rho = atlas_tables(scores, k=3)
-    top = {n: {divmod(int(i), n_heads) for i in np.argsort(-m.ravel())[:3]} for n, m in [("a", a), ("b", b), ("c", c)]}
+    mats = {"a": a, "b": b, "c": c}
+    top = {n: {divmod(int(i), n_heads) for i in np.argsort(-m.ravel())[:3]} for n, m in mats.items()}
     for x in "abc":
         for y in "abc":
             want = len(top[x] & top[y]) / len(top[x] | top[y])

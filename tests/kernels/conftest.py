@@ -25,7 +25,9 @@ except ModuleNotFoundError:  # not installed: register kernels/ as interp.kernel
     import interp
 
     _spec = importlib.util.spec_from_file_location(
-        "interp.kernels", _root / "kernels" / "__init__.py", submodule_search_locations=[str(_root / "kernels")]
+        "interp.kernels",
+        _root / "kernels" / "__init__.py",
+        submodule_search_locations=[str(_root / "kernels")],
     )
     _mod = importlib.util.module_from_spec(_spec)
     sys.modules["interp.kernels"] = _mod

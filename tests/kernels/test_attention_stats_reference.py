@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from interp.kernels.attention_stats import VALID_STATS, compute_attention_stats
 
 L2, L3 = math.log(2), math.log(3)
@@ -40,8 +39,15 @@ EXPECTED = {
         0.0,
     ],
 }
-KW3 = dict(scale=1.0, token_ids=TOK3, sink_k=1, recent_w=2, distance_cap=1, top_k=2,
-           key_set=torch.tensor([[False, True, False]]))
+KW3 = dict(
+    scale=1.0,
+    token_ids=TOK3,
+    sink_k=1,
+    recent_w=2,
+    distance_cap=1,
+    top_k=2,
+    key_set=torch.tensor([[False, True, False]]),
+)
 
 
 @pytest.mark.parametrize("impl", ["reference", "chunked"])
@@ -57,7 +63,9 @@ def test_three_token_hand_worked(impl):
 def test_uncapped_distance_and_gqa_groups(impl):
     q = Q3.expand(1, 2, 3, 1)  # 2 query heads share the single kv head
     out = compute_attention_stats(q, K3, stats=["attn_distance", "lse"], scale=1.0, impl=impl)
-    torch.testing.assert_close(out["attn_distance"][0], torch.tensor([[0.0, 1 / 3, 1.0]] * 2, dtype=torch.float64))
+    torch.testing.assert_close(
+        out["attn_distance"][0], torch.tensor([[0.0, 1 / 3, 1.0]] * 2, dtype=torch.float64)
+    )
     torch.testing.assert_close(out["lse"][0, 1], torch.tensor(EXPECTED["lse"], dtype=torch.float64))
 
 
@@ -69,10 +77,15 @@ def test_left_padding_row_is_zero_and_column_unattended(impl):
     assert out["entropy"][0, 0, 0] == 0 and (out["topk_idx"][0, 0, 0] == -1).all()
     # row 1 sees key 1 only; row 2 sees keys 1, 2 with exps (2, 1)
     torch.testing.assert_close(out["mass_self"][0, 0], torch.tensor([0.0, 1.0, 1 / 3], dtype=torch.float64))
-    torch.testing.assert_close(out["col_sum"][0, 0], torch.tensor([0.0, 1 + 2 / 3, 1 / 3], dtype=torch.float64))
-    torch.testing.assert_close(out["col_alpha"][0, 0], torch.tensor([0.0, (5 / 3) / 2, 1 / 3], dtype=torch.float64))
-    torch.testing.assert_close(out["entropy_norm"][0, 0, 1:], torch.tensor([0.0, 1.0 * (L3 - 2 / 3 * L2) / L2],
-                                                                           dtype=torch.float64))
+    torch.testing.assert_close(
+        out["col_sum"][0, 0], torch.tensor([0.0, 1 + 2 / 3, 1 / 3], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        out["col_alpha"][0, 0], torch.tensor([0.0, (5 / 3) / 2, 1 / 3], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        out["entropy_norm"][0, 0, 1:], torch.tensor([0.0, 1.0 * (L3 - 2 / 3 * L2) / L2], dtype=torch.float64)
+    )
     for v in out.values():
         assert not torch.isnan(v.double()).any()
 
@@ -80,7 +93,9 @@ def test_left_padding_row_is_zero_and_column_unattended(impl):
 @pytest.mark.parametrize("impl", ["reference", "chunked"])
 def test_window_and_decode_offset(impl):
     # window 2: row 2 sees keys 1, 2 only -> exps (2, 1)
-    out = compute_attention_stats(Q3, K3, stats=["mass_self", "lse", "col_alpha"], scale=1.0, window=2, impl=impl)
+    out = compute_attention_stats(
+        Q3, K3, stats=["mass_self", "lse", "col_alpha"], scale=1.0, window=2, impl=impl
+    )
     torch.testing.assert_close(out["mass_self"][0, 0], torch.tensor([1.0, 2 / 3, 1 / 3], dtype=torch.float64))
     # col_alpha: key 0 attended by rows 0, 1 (row 2 is out of window)
     torch.testing.assert_close(out["col_alpha"][0, 0, 0], torch.tensor((1 + 1 / 3) / 2, dtype=torch.float64))
@@ -92,10 +107,13 @@ def test_window_and_decode_offset(impl):
 
 def test_softcap_reference():
     s = 3.0 * math.tanh(L2 / 3.0)
-    out = compute_attention_stats(Q3, K3, stats=["max", "mass_self"], scale=1.0, softcap=3.0, impl="reference")
+    out = compute_attention_stats(
+        Q3, K3, stats=["max", "mass_self"], scale=1.0, softcap=3.0, impl="reference"
+    )
     torch.testing.assert_close(out["max"][0, 0, 1], torch.tensor(s, dtype=torch.float64))
-    torch.testing.assert_close(out["mass_self"][0, 0, 1], torch.tensor(math.exp(s) / (1 + math.exp(s)),
-                                                                       dtype=torch.float64))
+    torch.testing.assert_close(
+        out["mass_self"][0, 0, 1], torch.tensor(math.exp(s) / (1 + math.exp(s)), dtype=torch.float64)
+    )
 
 
 def test_matches_transformer_lens_detection_patterns():
@@ -114,6 +132,8 @@ def test_matches_transformer_lens_detection_patterns():
 
     A = reference_pattern(q, k, validate(q, k, stats=(), scale=0.3))[0]
     for impl in ("reference", "chunked"):
-        out = compute_attention_stats(q, k, stats=["duplicate", "induction"], scale=0.3, token_ids=tok, impl=impl)
+        out = compute_attention_stats(
+            q, k, stats=["duplicate", "induction"], scale=0.3, token_ids=tok, impl=impl
+        )
         torch.testing.assert_close(out["duplicate"].double(), (A * dup).sum(-1), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(out["induction"].double(), (A * ind).sum(-1), rtol=1e-5, atol=1e-6)

@@ -1,7 +1,8 @@
 """Every package folder is listed in pyproject (so analyses/ and kernels/ install only as interp.*)."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,121 @@
+"""Context-aware head divergence: how much each head's output depends on a context segment.
+
+For head (l, h) and a token t of the shared suffix (prompt + a teacher-forced generated continuation),
+with o^{l,h}_t = z^{l,h}_t W_O^{h} the head's write to the residual stream::
+
+    D_L2  = ‖o_t(with context) − o_t(without)‖₂
+    D_cos = 1 − cos(o_t(with), o_t(without))
+    D_rel = D_L2 / ‖o_t(with)‖₂
+
+This is the text analogue of VHD (He et al., "Cracking the Code of Hallucination in LVLMs with Vision-aware
+Head Divergence", 2025), where the context is the image (``analyses/vhd.py``). Positions are aligned by
+construction: the context and the suffix are tokenised separately and the suffix ids are appended unchanged to
+both runs (the no-context run keeps the BOS token if the tokenizer adds one), so suffix token t sits at the
+last-S positions of both sequences. The continuation is generated greedily from the with-context run and fed
+to both runs (teacher forcing). Head scores = mean over suffix tokens (or over generated tokens only).
+
+Validated in tests/unit/test_head_divergence.py against an explicit per-head computation from cached z and
+W_O, and on a hand-built case where only one head can see the context.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from interp.scores import ScoreTable
+from interp.sites import Site
+
+
+def _bos(tokenizer) -> list[int]:
+    with_sp = tokenizer("x", add_special_tokens=True)["input_ids"]
+    without = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return list(with_sp[: len(with_sp) - len(without)])
+
+
+@torch.no_grad()
+def suffix_head_outputs(model, ids: torch.Tensor, n_suffix: int, **forward_kw) -> torch.Tensor:
+    """Per-head residual writes at the last ``n_suffix`` positions.
+
+    ids: [1, pos]. Returns [layer, n_suffix, head, d_model] (float32). Only the suffix slice of z is kept.
+    """
+    kept: dict[int, torch.Tensor] = {}
+
+    def keep(z, site):
+        kept[site.layer] = z[0, -n_suffix:].detach().float()  # [n_suffix, head, d_head]
+
+    s = model.shape
+    with model.hooks({Site(layer, "z"): keep for layer in range(s.n_layers)}):
+        model.forward(ids, **forward_kw)
+    outs = []
+    for layer in range(s.n_layers):
+        w_o = model.arch.attn(layer).o_proj.weight.float().view(s.d_model, s.n_heads, s.d_head)
+        outs.append(torch.einsum("thd,mhd->thm", kept[layer], w_o))
+    return torch.stack(outs)
+
+
+def divergence_of(o_with: torch.Tensor, o_without: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Distances between per-head outputs. Inputs: [..., d_model]. Returns l2, cos, rel: [...]."""
+    diff = (o_with - o_without).norm(dim=-1)
+    cos = torch.nn.functional.cosine_similarity(o_with, o_without, dim=-1, eps=1e-12)
+    return {"l2": diff, "cos": 1 - cos, "rel": diff / o_with.norm(dim=-1).clamp_min(1e-12)}
+
+
+@torch.no_grad()
+def greedy_continuation(model, ids: torch.Tensor, n: int, **forward_kw) -> list[int]:
+    """``n`` greedy tokens after ``ids`` [1, pos] (KV cache; stops early at EOS)."""
+    if n <= 0:
+        return []
+    from interp.hooks import interp_attention_active
+
+    with interp_attention_active(model):
+        out = model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                do_sample=False, pad_token_id=model.tokenizer.pad_token_id or 0, **forward_kw)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def context_divergence(model, samples, *, n_generate: int = 8, generated_only: bool = False):
+    """Score every head by how much its output changes when a context segment is removed.
+
+    samples: list of ``(context, prompt)`` strings. Returns ``(scores, per_token)``: the score table (scores
+    ``context_l2``, ``context_cos``, ``context_rel``; mean over suffix tokens) and a per-token DataFrame
+    (sample, token, is_generated, layer, head, l2, cos, rel).
+    """
+    if not samples:
+        raise ValueError("context_divergence needs at least one (context, prompt) sample")
+    tok = model.tokenizer
+    bos = _bos(tok)
+    per_token = []
+    for i, (context, prompt) in enumerate(samples):
+        if not prompt:
+            raise ValueError(f"sample {i}: the prompt (the shared suffix) is empty")
+        ctx = tok(context, add_special_tokens=True)["input_ids"]
+        suffix = tok(prompt, add_special_tokens=False)["input_ids"]
+        with_ids = torch.tensor([ctx + suffix])
+        model.check_tokens(with_ids)
+        gen = greedy_continuation(model, with_ids, n_generate)
+        suffix = suffix + gen
+        a = suffix_head_outputs(model, torch.tensor([ctx + suffix]), len(suffix))
+        b = suffix_head_outputs(model, torch.tensor([bos + suffix]), len(suffix))
+        d = divergence_of(a, b)  # each [layer, token, head]
+        L, T, H = d["l2"].shape
+        li, ti, hi = torch.meshgrid(torch.arange(L), torch.arange(T), torch.arange(H), indexing="ij")
+        per_token.append(pd.DataFrame({
+            "sample": i, "token": ti.reshape(-1).numpy(), "is_generated": (ti >= T - len(gen)).reshape(-1).numpy(),
+            "layer": li.reshape(-1).numpy(), "head": hi.reshape(-1).numpy(),
+            **{k: v.reshape(-1).double().numpy() for k, v in d.items()}}))
+    per_token = pd.concat(per_token, ignore_index=True)
+    rows = per_token[per_token["is_generated"]] if generated_only else per_token
+    means = rows.groupby(["layer", "head"])[["l2", "cos", "rel"]].mean()
+    tables = []
+    for name in ("l2", "cos", "rel"):
+        m = means[name].unstack("head").to_numpy()
+        tables.append(ScoreTable.from_matrix(m, model=model.name, analysis="divergence", score=f"context_{name}",
+                                             n_samples=len(samples)))
+    return ScoreTable.concat(tables), per_token
+
+
+def top_heads(scores: pd.DataFrame, score: str, k: int = 10) -> list[tuple[int, int]]:
+    """The k (layer, head) pairs with the largest value of ``score``."""
+    sub = scores[(scores["score"] == score) & (scores["head"] >= 0)].nlargest(k, "value")
+    return list(zip(sub["layer"].astype(int), sub["head"].astype(int)))

@@ -1,0 +1,136 @@
+"""Model-vs-model head divergence: the same inputs through two models of one architecture.
+
+Model B may be a second model (another quantisation, a fine-tune) or model A under interventions (e.g. some
+heads ablated). Per head (l, h), over positions t of the input:
+
+    output distance   d_t = ‖o^A_t − o^B_t‖₂ / ‖o^A_t‖₂,  o_t = z_t W_O^h        (mean over t)
+    DLA difference    DLA^X = (o^X_T / rms(r^X_T)) ⊙ γ · (W_U[a] − W_U[b])          (last position T)
+                      reported as DLA^B − DLA^A, with the final RMSNorm's scale frozen from each run's own
+                      final residual r_T (γ = the final norm's weight; for Gemma the norm is 1 + weight);
+    pattern JS        JS(A^A_i·, A^B_i·) per query row (natural log), mean over rows, computed by
+                      ``interp.kernels.attention_stats.divergence`` from both runs' post-RoPE q, k: neither
+                      n×n pattern is built, so it runs at the full context.
+
+Validated in tests/unit/test_model_divergence.py against dense float64 computations from the cached patterns
+and head outputs on short inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from interp.scores import ScoreTable
+from interp.sites import Site
+
+
+class _QKCapture:
+    """Keeps (or compares against) each layer's post-RoPE q, k during a forward."""
+
+    def __init__(self, layers, reference=None, stats=("js",)):
+        self._layers = layers
+        self.reference = reference
+        self.stats = stats
+        self.qk: dict[int, tuple] = {}
+        self.div: dict[int, dict] = {}
+        self.lse_hint = None
+
+    def layers(self, model):
+        return self._layers
+
+    def wants_lse(self):
+        return False
+
+    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window):
+        from interp.kernels.attention_stats.divergence import pattern_divergence
+
+        if self.reference is None:
+            self.qk[layer] = (query.detach(), key.detach(), scaling, window)
+            return
+        q1, k1, s1, w1 = self.reference.qk.pop(layer)
+        self.div[layer] = pattern_divergence(q1, k1, query.detach(), key.detach(), scale1=s1, scale2=scaling,
+                                             stats=self.stats, window=window if window == w1 else None)
+
+
+def _head_outputs_and_resid(model, ids, z_positions):
+    s = model.shape
+    kept, final = {}, {}
+
+    def keep(z, site):
+        kept[site.layer] = z[0, z_positions].detach().float()
+
+    def keep_resid(x, site):
+        final["r"] = x[0, -1].detach().float()
+
+    hooks = {Site(layer, "z"): keep for layer in range(s.n_layers)}
+    hooks[Site(s.n_layers - 1, "resid_post")] = keep_resid
+    return hooks, kept, final
+
+
+def _final_norm_scale(model, resid_last):
+    """Vector g such that final_norm(r) = g ⊙ r at this position (RMSNorm, scale frozen)."""
+    norm = model.arch.final_norm
+    with torch.no_grad():
+        out = norm(resid_last[None, None].to(model.dtype))[0, 0].float()
+    return out / resid_last.where(resid_last.abs() > 1e-12, torch.full_like(resid_last, 1e-12))
+
+
+@torch.no_grad()
+def model_divergence(model_a, ids: torch.Tensor, *, model_b=None, interventions_b=(), answer: int | None = None,
+                     wrong: int | None = None, js: bool = True):
+    """Compare two runs head by head on ids [1, pos].
+
+    Returns a score table (analysis "model_divergence"; scores ``output_rel_l2``, ``dla_diff`` when
+    ``answer``/``wrong`` token ids are given, ``pattern_js``).
+    """
+    if ids.ndim != 2 or ids.shape[0] != 1:
+        raise ValueError(f"model_divergence takes one sequence ids [1, pos], got shape {tuple(ids.shape)}")
+    model_b = model_b or model_a
+    if model_b.shape.asdict() != model_a.shape.asdict():
+        raise ValueError(f"models differ in shape: {model_a.shape} vs {model_b.shape}; compare models of one "
+                         "architecture")
+    s = model_a.shape
+    layers = list(range(s.n_layers))
+    positions = torch.arange(ids.shape[1])
+    cap_a = _QKCapture(layers) if js else None
+    hooks, za, fa = _head_outputs_and_resid(model_a, ids, positions)
+    with model_a.hooks(hooks, stats=cap_a):
+        model_a.forward(ids)
+    cap_b = _QKCapture(layers, reference=cap_a) if js else None
+    hooks, zb, fb = _head_outputs_and_resid(model_b, ids, positions)
+    ctx = model_b.intervene(*interventions_b) if interventions_b else _null()
+    with ctx, model_b.hooks(hooks, stats=cap_b):
+        model_b.forward(ids)
+    out_rel = torch.zeros(s.n_layers, s.n_heads)
+    dla = torch.zeros(s.n_layers, s.n_heads)
+    want_dla = answer is not None and wrong is not None
+    if want_dla:
+        w_u = model_a.arch.lm_head.weight.float()
+        direction_a = w_u[answer] - w_u[wrong]
+        direction_b = model_b.arch.lm_head.weight.float()[answer] - model_b.arch.lm_head.weight.float()[wrong]
+        ga, gb = _final_norm_scale(model_a, fa["r"]), _final_norm_scale(model_b, fb["r"])
+    for layer in layers:
+        wa = model_a.arch.attn(layer).o_proj.weight.float().view(s.d_model, s.n_heads, s.d_head)
+        wb = model_b.arch.attn(layer).o_proj.weight.float().view(s.d_model, s.n_heads, s.d_head)
+        oa = torch.einsum("thd,mhd->thm", za[layer], wa)
+        ob = torch.einsum("thd,mhd->thm", zb[layer], wb)
+        out_rel[layer] = ((oa - ob).norm(dim=-1) / oa.norm(dim=-1).clamp_min(1e-12)).mean(0)
+        if want_dla:
+            dla[layer] = (ob[-1] * gb) @ direction_b - (oa[-1] * ga) @ direction_a
+    tables = [ScoreTable.from_matrix(out_rel, model=model_a.name, analysis="model_divergence",
+                                     score="output_rel_l2", n_samples=1)]
+    if want_dla:
+        tables.append(ScoreTable.from_matrix(dla, model=model_a.name, analysis="model_divergence",
+                                             score="dla_diff", n_samples=1))
+    if js:
+        m = torch.stack([cap_b.div[layer]["js"][0].double().mean(-1) for layer in layers])
+        tables.append(ScoreTable.from_matrix(m, model=model_a.name, analysis="model_divergence",
+                                             score="pattern_js", n_samples=1))
+    return ScoreTable.concat(tables)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
