@@ -80,7 +80,6 @@ def residual_stats(model, ids: torch.Tensor, *, abs_min: float = 100.0, ratio: f
 def _z_to_v0(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
     """Per-sample loss ``[head, batch]`` with head c's z replaced by v_0 of its KV head in batch copy c."""
     from interp.analyses.sinks import next_token_loss
-
     from interp.sites import Site
 
     s = model.shape
@@ -122,9 +121,9 @@ def active_dormant(model, domains=("prose", "code"), *, n_samples: int = 4, n_to
     """(scores, heads) — per domain per head Δloss, row/column entropy; ``heads`` lists heads dormant on one domain
     and active on another."""
     import pandas as pd
-    from interp.analyses._text import domain_samples
 
     import interp
+    from interp.analyses._text import domain_samples
     from interp.scores import ScoreTable
 
     tables, d = [], {}

@@ -40,17 +40,23 @@ DEFAULT_PARAMS = {"n_samples": 8, "half": 100, "exclude_bos": False, "exclude_cu
 
 
 def head_scores(model, ids: torch.Tensor, *, exclude_bos: bool = False, exclude_current_token: bool = False,
-                per_sequence: bool = False) -> dict[str, torch.Tensor]:
+                per_sequence: bool = False, stats=None) -> dict[str, torch.Tensor]:
     """TL ``"mul"`` scores of ``ids [batch, pos]`` (unpadded): ``{head_type: [layer, head]}`` (mean over the
-    batch) or ``[layer, batch, head]`` with ``per_sequence=True``."""
+    batch) or ``[layer, batch, head]`` with ``per_sequence=True``. ``stats``: a precomputed ``AttentionStats``
+    of ``ids`` holding the needed statistics (``mass_first`` with sink_k = 1 only if ``exclude_bos``)."""
     import interp
 
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] < 2:
         raise ValueError(f"ids must be a [batch, pos] tensor with pos >= 2, got "
                          f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
-    st = interp.attention_stats(model, ids, stats=["prev_token", "duplicate", "induction", "mass_first",
-                                                   "mass_self"], sink_k=1)
-    f = {k: st[k].double() for k in ("prev_token", "duplicate", "induction", "mass_first", "mass_self")}
+    need = ["prev_token", "duplicate", "induction"] + ["mass_first"] * bool(exclude_bos) + \
+        ["mass_self"] * bool(exclude_current_token)
+    st = stats if stats is not None else interp.attention_stats(model, ids, stats=need, sink_k=1)
+    if exclude_bos and st.params.get("sink_k", 4) != 1:
+        raise ValueError("exclude_bos needs mass_first computed with sink_k=1")
+    zero = torch.zeros_like(st["prev_token"], dtype=torch.float64)
+    f = {k: (st[k].double() if k in need else zero) for k in
+         ("prev_token", "duplicate", "induction", "mass_first", "mass_self")}
     T = ids.shape[1]
     b, c = float(bool(exclude_bos)), float(bool(exclude_current_token))
     tok = ids.cpu()
@@ -58,8 +64,7 @@ def head_scores(model, ids: torch.Tensor, *, exclude_bos: bool = False, exclude_
     same_as_first[:, 0] = 0
     same_as_prev = torch.zeros_like(same_as_first)
     same_as_prev[:, 1:] = (tok[:, 1:] == tok[:, :-1]).double()
-    a00 = f["mass_first"][..., 0]  # = 1
-    den = T - b * f["mass_first"].sum(-1) - c * f["mass_self"].sum(-1) + b * c * a00
+    den = T - b * f["mass_first"].sum(-1) - c * f["mass_self"].sum(-1) + b * c  # A_00 = 1
     num = {
         "previous_token_head": f["prev_token"].sum(-1) - b * f["prev_token"][..., 1],
         "duplicate_token_head": f["duplicate"].sum(-1) - b * (f["mass_first"] * same_as_first[None, :, None]).sum(-1),
@@ -89,7 +94,6 @@ def induction_probe(model, n_samples: int = 8, half: int = 100, seed: int = 0) -
 def loss_with_zeroed_heads(model, ids: torch.Tensor, heads, from_pos: int = 0) -> float:
     """Mean next-token loss (targets after ``from_pos``) with the z of every ``(layer, head)`` zeroed."""
     from interp.analyses.sinks import next_token_loss
-
     from interp.sites import Site
 
     hooks = {Site(layer, "z", h): (lambda x, s: torch.zeros_like(x)) for layer, h in heads}
@@ -140,8 +144,8 @@ def run(model, params: dict, out_dir=None) -> dict:
                              seed=int(p["seed"]))
         for key in ("base_loss", "dloss_top", "dloss_random", "ratio"):
             tables.append(ScoreTable.scalar(res[key], score=f"induction_ablation_{key}", **common))
-        out["ablation"] = pd.DataFrame([{**res, "top_heads": " ".join(res["top_heads"]),
-                                         "dloss_random_draws": " ".join(f"{d:.4f}" for d in res["dloss_random_draws"])}])
+        draws = " ".join(f"{d:.4f}" for d in res["dloss_random_draws"])
+        out["ablation"] = pd.DataFrame([{**res, "top_heads": " ".join(res["top_heads"]), "dloss_random_draws": draws}])
     if p.get("waad"):
         from interp.analyses._text import domain_samples
         from interp.analyses.waad_fai import waad_fai_scores

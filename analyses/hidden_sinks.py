@@ -19,7 +19,7 @@ Outputs: one row per hidden sink (sample, layer, head, position, token, class, a
 per layer ``hidden_sinks_<class>`` (mean count per sample, head = -1), per head ``hidden_sinks`` (mean count
 per sample), model level ``hidden_sink_share_<class>`` (share of all hidden sinks).
 
-Validation: ``tests/unit/test_sinks_hidden.py`` recomputes the sink set in float64 from the dense eager
+Validation: ``tests/unit/test_sinks_views.py`` recomputes the sink set in float64 from the dense eager
 pattern of a tiny model and checks ``classify_token`` on hand-written tokens.
 """
 
@@ -59,7 +59,7 @@ def hidden_sink_mask(col_alpha: torch.Tensor, *, threshold: float = 0.1, min_row
 
 
 def hidden_sinks(model, ids: torch.Tensor | None = None, *, threshold: float = 0.1, min_rows: int = 16,
-                 n_samples: int = 8, n_tokens: int = 256, seed: int = 0):
+                 n_samples: int = 8, n_tokens: int = 256, seed: int = 0, stats=None):
     """(scores, sinks) DataFrames; ``ids [batch, pos]`` default: ``n_samples`` prose windows of ``n_tokens``."""
     import pandas as pd
 
@@ -72,7 +72,7 @@ def hidden_sinks(model, ids: torch.Tensor | None = None, *, threshold: float = 0
         ids = domain_samples(model, "prose", n_samples, n_tokens, seed=seed)
     if ids.shape[1] <= min_rows:
         raise ValueError(f"inputs of {ids.shape[1]} tokens leave no key with >= min_rows={min_rows} queries")
-    st = interp.attention_stats(model, ids, stats=["col_alpha"])
+    st = stats if stats is not None else interp.attention_stats(model, ids, stats=["col_alpha"])
     alpha = st["col_alpha"].double()  # [layer, batch, head, key_pos]
     mask = hidden_sink_mask(alpha, threshold=threshold, min_rows=min_rows)
     special = set(getattr(model.tokenizer, "all_special_ids", None) or [])
@@ -86,7 +86,7 @@ def hidden_sinks(model, ids: torch.Tensor | None = None, *, threshold: float = 0
     } for li, b, h, j in nz], columns=["model", "batch", "layer", "head", "position", "token", "token_id",
                                         "class", "alpha"])
     B = ids.shape[0]
-    L, H = alpha.shape[0], alpha.shape[2]
+    L = alpha.shape[0]
     common = dict(model=model.name, analysis="sinks", n_samples=B)
     tables = [ScoreTable.from_matrix(mask.double().sum((1, 3)) / B, score="hidden_sinks", **common)]
     for c in CLASSES:
@@ -97,5 +97,4 @@ def hidden_sinks(model, ids: torch.Tensor | None = None, *, threshold: float = 0
             "head": -1, "value": per_layer.to_numpy(dtype=float), "n_samples": B})))
         share = len(sub) / len(sinks) if len(sinks) else 0.0
         tables.append(ScoreTable.scalar(share, score=f"hidden_sink_share_{c}", **common))
-    del H
     return ScoreTable.concat(tables), sinks

@@ -117,6 +117,15 @@ DEFAULT_PARAMS = {
 }
 
 
+def data_files(params) -> list[str]:
+    """The prompt files the ``safety`` run reads (built-in set names resolved to their CSV paths)."""
+    from ._safety_data import BUILTIN, data_path
+
+    p = {**DEFAULT_PARAMS, **(params or {})}
+    names = [p["prompts"]] + ([p["harmless"]] if p["refusal"] else [])
+    return [str(data_path(n)) if n in BUILTIN else str(n) for n in names if isinstance(n, str)]
+
+
 def _template(model, template: str) -> str:
     if template != "auto":
         return template

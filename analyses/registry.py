@@ -4,7 +4,8 @@ Importing this module is cheap: an entry names its functions as ``"module:attrib
 imported only when the analysis runs (``spec.load()``). An entry whose module is not installed yet is listed
 as unavailable and skipped with a message instead of breaking the report.
 
-To add an analysis, append one ``AnalysisSpec`` to ``_SPECS`` below::
+To add an analysis, append one ``AnalysisSpec`` to ``_SPECS`` below (``in_default=False`` keeps a slow one out
+of the default ``interp report`` run, whose budget is a few minutes on 2 CPU cores)::
 
     AnalysisSpec("sinks", "Attention-sink heads (Xiao et al. 2023)", run="interp.analyses.sinks:run",
                  default_params="interp.analyses.sinks:DEFAULT_PARAMS",
@@ -54,6 +55,7 @@ class AnalysisSpec:
     default_params: dict | str = field(default_factory=dict)
     official_outputs: Callable | str | None = None
     data_files: Callable | str | None = None
+    in_default: bool = True  # False: too slow for the default `interp report`; run it with --analyses NAME
 
     def modules(self) -> list[str]:
         refs = [self.run, self.default_params, self.official_outputs, self.data_files]
@@ -82,7 +84,24 @@ _SPECS = [
         "Per-head mean attention on the first token (sink mass) and mean attention entropy on short texts",
         run="interp.analyses.basic:run", default_params="interp.analyses.basic:DEFAULT_PARAMS",
         data_files="interp.analyses.basic:data_files"),
-    # other analyses (sinks, taxonomy, retrieval, safety, circuits) register here
+    AnalysisSpec(
+        "sinks", "Attention-sink heads: Sink_1^eps of Gu et al. 2025 on prose, random and repeated tokens",
+        run="interp.analyses.sinks:run", default_params="interp.analyses.sinks:DEFAULT_PARAMS",
+        data_files="interp.analyses.sinks:data_files"),
+    AnalysisSpec(
+        "taxonomy", "Previous-token, duplicate-token and induction head scores (TransformerLens head_detector)",
+        run="interp.analyses.head_detector:run", default_params="interp.analyses.head_detector:DEFAULT_PARAMS",
+        data_files="interp.analyses.sinks:data_files"),
+    AnalysisSpec(
+        "retrieval", "Retrieval heads on a needle-in-a-haystack grid (Wu et al. 2024); official JSON output",
+        run="interp.analyses.retrieval:run", default_params="interp.analyses.retrieval:DEFAULT_PARAMS",
+        official_outputs="interp.analyses.retrieval:write_official",
+        data_files="interp.analyses.retrieval:data_files", in_default=False),
+    AnalysisSpec(
+        "safety", "Safety heads: Ships, Sahara and the refusal check (Zhou et al. 2025)",
+        run="interp.analyses.refusal:run", default_params="interp.analyses.refusal:DEFAULT_PARAMS",
+        data_files="interp.analyses.refusal:data_files", in_default=False),
+    # further analyses (circuits, ...) register here
 ]
 
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}
@@ -99,6 +118,11 @@ def register(spec: AnalysisSpec, *, replace_existing: bool = False) -> AnalysisS
 def available() -> dict[str, AnalysisSpec]:
     """Registered analyses whose modules are installed, in registration order."""
     return {n: s for n, s in REGISTRY.items() if s.available()}
+
+
+def default() -> list[str]:
+    """The analyses ``interp report`` runs when none are named: available ones with ``in_default``."""
+    return [n for n, s in available().items() if s.in_default]
 
 
 def unavailable() -> dict[str, AnalysisSpec]:

@@ -34,7 +34,7 @@ import torch
 
 from .niah import rouge1_recall
 
-DEFAULT_PARAMS = {"lengths": [500, 1000, 1500], "depths": [0, 50, 100], "needles": [0, 1, 2],
+DEFAULT_PARAMS = {"lengths": [500, 1000], "depths": [0, 50, 100], "needles": [0, 1, 2],
                   "max_new_tokens": 50, "threshold": 0.1, "buffer": 200, "checkpoint": None}
 
 
@@ -241,7 +241,8 @@ def niah_sweep(model, *, lengths, depths, needles=None, max_new_tokens: int = 50
 
 
 def causal_check(model, scores, *, k: int, lengths, depths, needles=None, n_random: int = 2, seed: int = 0,
-                 threshold: float = 0.1, max_new_tokens: int = 50, baseline=None, progress: bool = False):
+                 threshold: float = 0.1, max_new_tokens: int = 50, baseline=None, buffer: int = 200,
+                 progress: bool = False):
     """NIAH accuracy (share of samples with ROUGE-1 recall > 0.5) with no head masked, with the top-``k``
     retrieval heads masked, and with ``k`` random non-retrieval heads masked (``n_random`` draws).
 
@@ -266,7 +267,8 @@ def causal_check(model, scores, *, k: int, lengths, depths, needles=None, n_rand
         if progress:
             print(f"causal check: {name} {heads}", flush=True)
         recs = niah_sweep(model, lengths=lengths, depths=depths, needles=needles,
-                          max_new_tokens=max_new_tokens, masked_heads=heads, capture=False, progress=progress)
+                          max_new_tokens=max_new_tokens, masked_heads=heads, capture=False, buffer=buffer,
+                          progress=progress)
         rows.append(_acc_row(name, heads, recs))
     return pd.DataFrame(rows)
 

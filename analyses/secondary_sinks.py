@@ -21,7 +21,7 @@ this file fixes the procedure exactly:
 Only the positions needed (the first token and the sink tokens) are kept from ``Site(l, "mlp_out")`` and
 ``Site(l, "resid_post")``, so the analysis runs at full context without O(pos × d_model × layers) memory.
 
-Validation: ``tests/unit/test_sinks_secondary.py`` recomputes r^l_j from the dense float64 pattern of a tiny
+Validation: ``tests/unit/test_sinks_views.py`` recomputes r^l_j from the dense float64 pattern of a tiny
 model, checks the run/lifetime logic on a planted mask, and recomputes the cosines from full activations.
 """
 
@@ -30,11 +30,11 @@ from __future__ import annotations
 import torch
 
 
-def received_attention(model, ids: torch.Tensor) -> torch.Tensor:
-    """r^l_j: ``[layer, batch, key_pos]`` float64, head-mean of ``col_alpha``."""
+def received_attention(model, ids: torch.Tensor, stats=None) -> torch.Tensor:
+    """r^l_j: ``[layer, batch, key_pos]`` float64, head-mean of ``col_alpha`` (``stats``: precomputed)."""
     import interp
 
-    st = interp.attention_stats(model, ids, stats=["col_alpha"])
+    st = stats if stats is not None else interp.attention_stats(model, ids, stats=["col_alpha"])
     return st["col_alpha"].double().mean(2)
 
 
@@ -64,7 +64,6 @@ def secondary_sinks(model, ids: torch.Tensor | None = None, *, threshold: float 
     """(scores, events) DataFrames. ``ids [batch, pos]`` default: ``n_samples`` prose windows."""
     import pandas as pd
 
-    from interp.hooks import HookRuntime
     from interp.scores import ScoreTable
     from interp.sites import Site
 
@@ -89,7 +88,7 @@ def secondary_sinks(model, ids: torch.Tensor | None = None, *, threshold: float 
 
     if len(need) > 1:
         sites = [Site(layer, c) for layer in range(L) for c in ("mlp_out", "resid_post")]
-        with torch.no_grad(), HookRuntime(model, {s: keep for s in sites}):
+        with torch.no_grad(), model.hooks({s: keep for s in sites}):
             model.forward(ids)
     col = {p: i for i, p in enumerate(need)}
     rows = []

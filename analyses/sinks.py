@@ -138,6 +138,14 @@ def sink_removal_check(model, alpha_head: torch.Tensor, ids: torch.Tensor, *, k:
             "ratio": d_top / d_rand if d_rand > 0 else float("inf")}
 
 
+def data_files(params) -> list[str]:
+    """Data read by the sink and taxonomy analyses: the three haystack texts (the code domain reads the
+    installed standard library, random/repeated tokens are generated from ``seed``)."""
+    from interp.analyses._text import haystack_paths
+
+    return [str(p) for p in haystack_paths()]
+
+
 def run(model, params: dict, out_dir=None) -> dict:
     """Registry entry "sinks": Sink_1^ε on the three conditions, plus the StreamingLLM view, hidden and
     secondary sinks and the extreme-token statistics (each switchable in ``params``)."""

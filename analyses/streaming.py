@@ -19,7 +19,7 @@ Per-head scores average over rows i ≥ s + w (the rows whose outside set is non
 ``stream_first``, ``stream_recent``; model level ``stream_head_frac`` = fraction of heads with mean outside mass
 below ``tau`` (default 0.1).
 
-Validation: ``tests/unit/test_sinks_streaming.py`` compares ``outside_i`` with a float64 computation from the full
+Validation: ``tests/unit/test_sinks_views.py`` compares ``outside_i`` with a float64 computation from the full
 dense pattern of a tiny model for every row, including the overlapping rows i < s + w.
 """
 
@@ -28,10 +28,13 @@ from __future__ import annotations
 import torch
 
 
-def streaming_masses(model, ids: torch.Tensor, *, sink: int = 4, window: int = 64) -> dict[str, torch.Tensor]:
+def streaming_masses(model, ids: torch.Tensor, *, sink: int = 4, window: int = 64,
+                     stats=None) -> dict[str, torch.Tensor]:
     """Per-row masses ``first, recent, inside, outside``: each ``[layer, batch, head, query_pos]`` float64.
 
     ``ids`` is ``[batch, pos]`` (unpadded). Memory O(pos) apart from an (sink + window)² prefix pattern.
+    ``stats``: an ``AttentionStats`` of ``ids`` already holding ``mass_first`` (sink_k = sink) and ``mass_recent``
+    (recent_w = window), to share one forward pass with other analyses.
     """
     import interp
     from interp.sites import Site
@@ -40,7 +43,11 @@ def streaming_masses(model, ids: torch.Tensor, *, sink: int = 4, window: int = 6
         raise TypeError("ids must be a [batch, pos] integer tensor")
     if not isinstance(sink, int) or sink < 0 or not isinstance(window, int) or window < 1:
         raise ValueError(f"sink must be an int >= 0 and window an int >= 1, got sink={sink!r}, window={window!r}")
-    st = interp.attention_stats(model, ids, stats=["mass_first", "mass_recent"], sink_k=sink, recent_w=window)
+    st = stats if stats is not None else interp.attention_stats(
+        model, ids, stats=["mass_first", "mass_recent"], sink_k=sink, recent_w=window)
+    if st.params.get("sink_k", 4) != sink or st.params.get("recent_w", 64) != window:
+        raise ValueError(f"stats were computed with sink_k={st.params.get('sink_k', 4)}, recent_w="
+                         f"{st.params.get('recent_w', 64)}; expected sink={sink}, window={window}")
     first, recent = st["mass_first"].double(), st["mass_recent"].double()
     T = ids.shape[1]
     R = min(T, sink + window)
@@ -59,7 +66,7 @@ def streaming_masses(model, ids: torch.Tensor, *, sink: int = 4, window: int = 6
 
 
 def streaming_scores(model, ids: torch.Tensor | None = None, *, sink: int = 4, window: int = 64,
-                     tau: float = 0.1, n_samples: int = 4, n_tokens: int = 256, seed: int = 0):
+                     tau: float = 0.1, n_samples: int = 4, n_tokens: int = 256, seed: int = 0, stats=None):
     """(scores, per_token) tidy DataFrames. ``ids [batch, pos]`` default: ``n_samples`` prose windows."""
     import numpy as np
     import pandas as pd
@@ -73,7 +80,7 @@ def streaming_scores(model, ids: torch.Tensor | None = None, *, sink: int = 4, w
     if ids.shape[1] <= sink + window:
         raise ValueError(f"inputs of {ids.shape[1]} tokens have no row with a non-empty outside set "
                          f"(need pos > sink + window = {sink + window}); use longer inputs or a smaller window")
-    m = streaming_masses(model, ids, sink=sink, window=window)
+    m = streaming_masses(model, ids, sink=sink, window=window, stats=stats)
     rows = slice(sink + window, None)
     head = {k: m[k][..., rows].mean((1, 3)) for k in ("outside", "first", "recent")}  # [layer, head]
     n = ids.shape[0] * (ids.shape[1] - sink - window)

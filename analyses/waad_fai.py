@@ -25,16 +25,20 @@ from __future__ import annotations
 import torch
 
 
-def waad_fai(model, ids: torch.Tensor, *, window: int = 10) -> dict[str, torch.Tensor]:
+def waad_fai(model, ids: torch.Tensor, *, window: int = 10, stats=None) -> dict[str, torch.Tensor]:
     """``waad [layer, batch, head, pos]`` and ``fai [layer, batch, head, pos]`` (FAI of the last token is NaN),
-    float64, from ``ids [batch, pos]`` (unpadded). O(pos) memory."""
+    float64, from ``ids [batch, pos]`` (unpadded). O(pos) memory. ``stats``: a precomputed ``AttentionStats``
+    holding ``attn_distance`` (distance_cap = window), ``col_sum`` and ``mass_self``."""
     import interp
 
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.shape[1] < 2:
         raise ValueError("ids must be a [batch, pos] integer tensor with pos >= 2")
-    st = interp.attention_stats(model, ids, stats=["attn_distance", "col_sum", "mass_self"], distance_cap=window)
+    st = stats if stats is not None else interp.attention_stats(
+        model, ids, stats=["attn_distance", "col_sum", "mass_self"], distance_cap=window)
+    if st.params.get("distance_cap") != window:
+        raise ValueError(f"stats were computed with distance_cap={st.params.get('distance_cap')}, not {window}")
     T = ids.shape[1]
     n_future = (T - 1 - torch.arange(T)).double()
     fai = (st["col_sum"].double() - st["mass_self"].double()) / n_future.clamp_min(1)
@@ -49,7 +53,7 @@ def local_heads(waad: torch.Tensor) -> torch.Tensor:
     return m < torch.quantile(m.flatten(), 0.5)  # the midpoint median for an even number of heads
 
 
-def waad_fai_scores(model, ids: torch.Tensor, *, window: int = 10):
+def waad_fai_scores(model, ids: torch.Tensor, *, window: int = 10, stats=None):
     """(scores, per_token): per head ``waad``, ``fai``, ``local_head`` (1/0); per token the local-head WAAD and
     the global-head FAI (``score`` column ``waad_local`` / ``fai_global``)."""
     import numpy as np
@@ -57,7 +61,7 @@ def waad_fai_scores(model, ids: torch.Tensor, *, window: int = 10):
 
     from interp.scores import ScoreTable
 
-    r = waad_fai(model, ids, window=window)
+    r = waad_fai(model, ids, window=window, stats=stats)
     loc = local_heads(r["waad"])
     common = dict(model=model.name, analysis="taxonomy", n_samples=ids.shape[0])
     scores = ScoreTable.concat([

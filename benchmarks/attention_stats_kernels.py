@@ -76,9 +76,12 @@ def main(argv=None):
     ap.add_argument("--n", type=int, nargs="+", default=[512, 2048, 8192])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--layers", type=int, default=30, help="layers for the whole-model extrapolation")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--gpu", action="store_true", help="also time Triton on an 8B-shaped layer (needs CUDA)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "attention_stats_kernels.json"))
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     rows = []
     print(
         f"CPU chunked, batch 1, 9 heads / 3 kv heads, d_head 64, fp32, threads={torch.get_num_threads()}, "

@@ -6,8 +6,8 @@ On a batch of IOI prompts (``interp.analyses.circuits.ioi_task``) with the logit
   patch_loop  one patched forward per edge (that edge alone patched to the corrupt run), timed on a random
               subset of edges and extrapolated to all edges
   eap_ig_mK   EAP-IG with m = K integration steps (expected: linear in m)
-Peak memory is the peak process RSS above the RSS just before the method (sampled every 2 ms by a thread; CPU).
-Writes reports/bench/eap.json.
+Peak memory is the peak process RSS above the RSS just before the method (sampled every 2 ms by a thread;
+CPU). Writes reports/bench/eap.json.
 
     python benchmarks/eap.py --batch 8 --loop-edges 24
 """
@@ -59,9 +59,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from interp.analyses.circuits import eap_ig_scores, eap_scores, ioi_task
 
     import interp
+    from interp.analyses.circuits import eap_ig_scores, eap_scores, ioi_task
     from interp.graph import Graph, corrupt_outputs, run_graph
 
     model = interp.load_model(args.model)

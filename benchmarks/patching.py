@@ -66,7 +66,7 @@ def main():
     metric = lambda lg: logit_diff(lg, mary, john)
     layers = list(range(args.layers or model.shape.n_layers))
     n_sites = len(layers) * model.shape.n_heads
-    model.tl  # build the bridge outside the timings
+    _ = model.tl  # build the bridge outside the timings
     interp.patch_sweep(model, clean, corrupt, "z", metric, layers=layers[:1], heads=[0])  # warm-up
 
     rows = {}

@@ -30,7 +30,7 @@ def report(
     model: str = typer.Option(None, "--model", "-m", help="Model name (see `interp models`), folder or "
                               ".gguf. Default: default"),
     analyses: str = typer.Option(None, "--analyses", "-a", help="Comma-separated analysis names "
-                                 "(see `interp analyses`). Default: all available"),
+                                 "(see `interp analyses`). Default: all available except [opt-in] ones"),
     out: str = typer.Option(None, "--out", "-o", help="Output folder. Default: reports/runs/<model>"),
     config: str = typer.Option(None, "--config", "-c",
                               help="TOML file with the same keys; flags override it"),
@@ -87,7 +87,7 @@ def list_analyses():
     from interp.analyses import registry
 
     for name, spec in registry.REGISTRY.items():
-        note = "" if spec.available() else "  [not installed]"
+        note = ("" if spec.available() else "  [not installed]") + ("" if spec.in_default else "  [opt-in]")
         typer.echo(f"{name:<20} {spec.description}{note}")
 
 

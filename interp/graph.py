@@ -2,24 +2,25 @@
 
 Nodes (upstream, topological order): ``input`` (the token embedding), every attention head ``L{l}H{h}``
 (its write to the residual stream, ``z_h @ W_O[:, h]``), every MLP ``M{l}`` (its output), and ``logits``.
-Downstream *inputs* (where edges end), per layer: the q input of every query head ``(L{l}H{h}, "q")``, the k and
-v inputs of every **KV head** ``(L{l}KV{j}, "k" | "v")`` (GQA-native: a KV head's k/v are computed once for the
-query heads of its group), the MLP input ``(M{l}, "")``; finally ``("logits", "")``. An edge runs from every node
-to every input downstream of it (heads of layer l feed the MLP of layer l and everything after).
+Downstream *inputs* (where edges end), per layer: the q input of every query head ``(L{l}H{h}, "q")``, the k
+and v inputs of every **KV head** ``(L{l}KV{j}, "k" | "v")`` (GQA-native: a KV head's k/v are computed once
+for the query heads of its group), the MLP input ``(M{l}, "")``; finally ``("logits", "")``. An edge runs from
+every node to every input downstream of it (heads of layer l feed the MLP of layer l and everything after).
 
 Edge-level intervention. Each input reads its own copy of the residual stream::
 
     in_v = resid − Σ_u removed[u, v] · (out_u(run) − out_u(corrupt))
 
-(``removed`` = 1 patches edge u→v to the corrupt run, 0 keeps it; fractional values interpolate), then passes it
-through that node's own input norm and projections. So a query head's q is computed from a ``[batch, pos, head,
-d_model]`` stream, k/v from ``[batch, pos, kv_head, d_model]`` streams — never ungrouped to MHA.
+(``removed`` = 1 patches edge u→v to the corrupt run, 0 keeps it; fractional values interpolate), then passes
+it through that node's own input norm and projections. So a query head's q is computed from a ``[batch, pos,
+head, d_model]`` stream, k/v from ``[batch, pos, kv_head, d_model]`` streams — never ungrouped to MHA.
 
-This is an explicit layer-by-layer forward for the Llama / Qwen2 / Mistral / Gemma 2/3 decoder family that reuses
-the HF submodules (norms, projections, ``rotary_emb``, MLP). Gemma's post-attention norm is linear once its RMS
-scale is fixed, so a head's output there is ``z_h W_O^h · scale(run)`` with the scale of the run it belongs to;
-the heads of a layer still sum exactly to the HF attention output. The o_proj bias (if any) is a constant of the
-residual stream, not a node. Padding masks are not supported (prompts of one batch must have equal length).
+This is an explicit layer-by-layer forward for the Llama / Qwen2 / Mistral / Gemma 2/3 decoder family that
+reuses the HF submodules (norms, projections, ``rotary_emb``, MLP). Gemma's post-attention norm is linear once
+its RMS scale is fixed, so a head's output there is ``z_h W_O^h · scale(run)`` with the scale of the run it
+belongs to; the heads of a layer still sum exactly to the HF attention output. The o_proj bias (if any) is a
+constant of the residual stream, not a node. Padding masks are not supported (prompts of one batch must have
+equal length).
 
 Validated in ``tests/unit/test_circuits_graph.py``: with nothing removed the logits equal the HF logits (tiny
 llama, qwen2, gemma3); with every edge removed they equal the corrupt run's logits.
@@ -37,7 +38,8 @@ from .hooks import causal_bool_mask
 
 @dataclass(frozen=True)
 class Graph:
-    """Node and input names of a model with ``n_layers`` layers, ``n_heads`` query and ``n_kv_heads`` KV heads."""
+    """Node and input names of a model with ``n_layers`` layers, ``n_heads`` query and ``n_kv_heads`` KV
+    heads."""
 
     n_layers: int
     n_heads: int
@@ -129,10 +131,10 @@ class Graph:
 
 @dataclass
 class GraphRun:
-    """Result of ``run_graph``: ``logits [batch, pos, d_vocab]``, node outputs ``[n_nodes, batch, pos, d_model]``
-    (stacked lazily from ``outs``) and, with ``keep_streams``, the per-input streams (list of tensors, one per layer:
-    ``q [batch, pos, head, d_model]``, ``k``/``v [batch, pos, kv_head, d_model]``, ``mlp [batch, pos, d_model]``,
-    then the logits input ``[batch, pos, d_model]``)."""
+    """Result of ``run_graph``: ``logits [batch, pos, d_vocab]``, node outputs ``[n_nodes, batch, pos,
+    d_model]`` (stacked lazily from ``outs``) and, with ``keep_streams``, the per-input streams (list of
+    tensors, one per layer: ``q [batch, pos, head, d_model]``, ``k``/``v [batch, pos, kv_head, d_model]``,
+    ``mlp [batch, pos, d_model]``, then the logits input ``[batch, pos, d_model]``)."""
 
     logits: torch.Tensor
     outs: list
@@ -169,7 +171,8 @@ def _rotary(model, x, pos_ids, attn):
 class _Patcher:
     """Builds the per-input residual streams of one run. Keeps the node deltas ``out_u(run) − out_u(corrupt)``
     (lazily) and their running sum, and per block of input columns uses whichever of the removed or the kept
-    edges touches fewer upstream nodes: ``in = resid − Σ removed·δ`` or ``in = (resid − Σ_all δ) + Σ kept·δ``."""
+    edges touches fewer upstream nodes: ``in = resid − Σ removed·δ`` or ``in = (resid − Σ_all δ) + Σ
+    kept·δ``."""
 
     def __init__(self, outs, corrupt, removed, valid, force: bool):
         self.outs, self.corrupt, self.removed, self.valid, self.force = outs, corrupt, removed, valid, force
@@ -190,7 +193,7 @@ class _Patcher:
         base = resid.unsqueeze(2)
         if self.removed is None:
             return base.expand(-1, -1, n, -1)
-        mask = self.removed[:n_up, cols].to(resid.dtype)
+        mask = self.removed[:n_up, cols].to(device=resid.device, dtype=resid.dtype)
         if self.force:
             rows = list(range(n_up))
         else:
@@ -233,7 +236,11 @@ def _attention(model, layer: int, q_in, k_in, v_in, cos_sin):
     softcap = getattr(attn.config, "attn_logit_softcapping", None)
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
-    allowed = causal_bool_mask(p, p, q.device, getattr(attn, "sliding_window", None))
+    if hasattr(attn, "sliding_window"):  # Gemma, Qwen2: set per layer on the module
+        window = attn.sliding_window
+    else:  # e.g. Mistral: from the config, via interp's Shape
+        window = s.sliding_window if layer in s.sliding_layers else None
+    allowed = causal_bool_mask(p, p, q.device, window)
     scores = scores.masked_fill(~allowed, float("-inf"))
     pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # [batch, kv_head, group, query_pos, key_pos]
     return torch.einsum("bkgqs,bskd->bqkgd", pattern, v).reshape(b, p, H, dh)
@@ -246,8 +253,9 @@ def run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | 
 
     ``embeds [batch, pos, d_model]`` replaces the embedding output (for integrated gradients). ``corrupt``
     ``[n_nodes, batch, pos, d_model]`` are node outputs of a corrupt run (``run_graph(...).node_outputs``);
-    ``removed [n_nodes, n_inputs]`` (see ``Graph``) says how much of each edge is patched to them. Gradients flow
-    (wrap in ``torch.no_grad()`` when not needed); if ``removed.requires_grad`` every stream is built from it.
+    ``removed [n_nodes, n_inputs]`` (see ``Graph``) says how much of each edge is patched to them. Gradients
+    flow (wrap in ``torch.no_grad()`` when not needed); if ``removed.requires_grad`` every stream is built
+    from it.
     """
     graph = Graph.of(model)
     arch, s = model.arch, model.shape

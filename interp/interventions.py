@@ -169,6 +169,8 @@ def _encode(v, tensors):
 
 def _decode(v, tensors):
     if isinstance(v, dict):
+        if "type" in v:
+            return Intervention.from_json(v, tensors)
         if "site" in v:
             return Site(*v["site"])
         if "tensor" in v:
@@ -180,8 +182,6 @@ def _decode(v, tensors):
             return tensors[v["tensor_ref"]]
         if "slice" in v:
             return slice(*v["slice"])
-        if "type" in v:
-            return Intervention.from_json(v, tensors)
     if isinstance(v, list):
         return tuple(_decode(x, tensors) for x in v)
     return v
@@ -516,7 +516,8 @@ def save_interventions(path, interventions) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
-    items = list(_flatten(interventions))
+    items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
+    items = [it if isinstance(it, Intervention) else compose(it) for it in items]  # compose type-checks
     tensors: dict = {}
     doc = {"format": "interp.interventions/1", "items": [it.to_json(tensors) for it in items]}
     text = json.dumps(doc, indent=1)

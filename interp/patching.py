@@ -95,6 +95,28 @@ def _skip_layers(model, n: int):
             obj[i] = mod
 
 
+@contextlib.contextmanager
+def unbridged_attention(model):
+    """Put the original HF attention modules back for the block if ``model.tl`` has been built.
+
+    The TransformerLens bridge replaces ``layers[i].self_attn`` by an attention bridge that computes attention
+    itself, so interp's attention function — and every q/k/v/pattern/z hook — would silently not run.
+    (Workaround local to this module; the hook runtime should do this itself.)
+    """
+    swaps = []
+    for layer in model.arch.layers:
+        attn = layer.self_attn
+        orig = getattr(attn, "original_component", None) if "transformer_lens" in type(attn).__module__ else None
+        if isinstance(orig, nn.Module):
+            swaps.append((layer, attn))
+            layer.self_attn = orig
+    try:
+        yield
+    finally:
+        for layer, attn in swaps:
+            layer.self_attn = attn
+
+
 def _check_inputs(model, clean_ids, corrupt_ids):
     for name, t in (("clean_ids", clean_ids), ("corrupt_ids", corrupt_ids)):
         if not isinstance(t, torch.Tensor):
@@ -180,17 +202,29 @@ def patch_sweep(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, sites
         heads = _pick(heads, n_h, "KV head" if sites in ("k", "v") else "head")
     elif heads is not None:
         raise ValueError(f"{sites} has no heads; drop heads={heads!r}")
-    batch, n_pos = corrupt_ids.shape
-    pos_list = list(range(n_pos)) if positions == "each" else [None]
 
-    # variants in the flat order of the result tensor: layer, head, pos
-    variants = [(L, h, p) for L in layers for h in (heads if per_head else [None]) for p in pos_list]
+    with unbridged_attention(model):
+        return _sweep(model, clean_ids, corrupt_ids, sites, metric, positions, memory_budget_mb, layers, heads,
+                      batch_size, reuse_prefix, per_head)
 
+
+def _sweep(model, clean_ids, corrupt_ids, sites, metric, positions, memory_budget_mb, layers, heads, batch_size,
+           reuse_prefix, per_head):
     from .hooks import run_with_cache
 
+    shape = model.shape
+    batch, n_pos = corrupt_ids.shape
+    pos_list = list(range(n_pos)) if positions == "each" else [None]
+    # variants in the flat order of the result tensor: layer, head, pos
+    variants = [(L, h, p) for L in layers for h in (heads if per_head else [None]) for p in pos_list]
     clean_logits, clean_cache = run_with_cache(model, clean_ids, [Site(L, sites) for L in layers])
     resid_sites = [Site(L, "resid_pre") for L in layers] if reuse_prefix else []
     corrupt_logits, corrupt_cache = run_with_cache(model, corrupt_ids, resid_sites)
+    missing = [s for s in [Site(L, sites) for L in layers] + resid_sites
+               if s not in clean_cache and s not in corrupt_cache]
+    if missing:
+        raise RuntimeError(f"the hook runtime did not reach {missing[0]}: is the model's attention replaced "
+                           "by another wrapper (e.g. a TransformerLens bridge)?")
 
     def evaluate(logits):
         v = torch.as_tensor(metric(logits))

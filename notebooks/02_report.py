@@ -16,12 +16,11 @@
 # and resumes an interrupted run. Set `INTERP_NOTEBOOK_MODEL` to pick the model (default: `default`).
 
 # %%
-import os
+import os  # noqa: I001
 import tempfile
 
-from interp.analyses import registry
-
 import interp
+from interp.analyses import registry
 from interp.report import run_report
 
 {name: spec.description for name, spec in registry.available().items()}

@@ -1,18 +1,19 @@
 """Automatic circuit discovery (ACDC; Conmy, Mavor-Parker, Lynch, Heimersheim & Garriga-Alonso 2023).
 
-Greedy pruning of the edge graph of ``interp.graph``. Start from the full graph (nothing removed) and a distance
-``d`` of the patched run from the clean run. Visit the downstream inputs in reverse topological order (the logits
-input first, then per layer from the last: the MLP input, the v, k inputs of each KV head and the q input of each
-query head, last index first), and for each its upstream nodes from the latest to ``input``::
+Greedy pruning of the edge graph of ``interp.graph``. Start from the full graph (nothing removed) and a
+distance ``d`` of the patched run from the clean run. Visit the downstream inputs in reverse topological order
+(the logits input first, then per layer from the last: the MLP input, the v, k inputs of each KV head and the
+q input of each query head, last index first), and for each its upstream nodes from the latest to ``input``::
 
     remove the edge (patch it to the corrupt run, on top of everything already removed)
     if d(new) − d(current) < τ:  keep it removed, d(current) = d(new)
     else:                        restore it
 
-``d`` is ``KL(clean ‖ patched)`` at the last position (``metric="kl"``) or, for a task metric M (a callable, e.g.
-the logit difference), ``M(clean) − M(patched)``. With ``level="node"`` whole nodes are tried instead (all
-outgoing edges of a node at once, latest node first). Validated in ``tests/unit/test_circuits_acdc.py`` against a
-from-scratch reference that recomputes every node output explicitly, and on a planted induction circuit.
+``d`` is ``KL(clean ‖ patched)`` at the last position (``metric="kl"``) or, for a task metric M (a callable,
+e.g. the logit difference), ``M(clean) − M(patched)``. With ``level="node"`` whole nodes are tried instead
+(all outgoing edges of a node at once, latest node first). Validated in ``tests/unit/test_circuits_acdc.py``
+against a from-scratch reference that recomputes every node output explicitly, and on a planted induction
+circuit.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def acdc_order(graph: Graph) -> list[tuple[int, int]]:
 
 def acdc(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, *, tau: float,
          metric: str | Callable = "kl", level: str = "edge", task: str = "") -> Circuit:
-    """Run ACDC; returns the kept edges as a ``Circuit`` whose scores are ``d(removed) − d(kept)`` measured when
-    each edge was tried (the cost of removing it). ``meta`` holds ``d_final``, ``n_tried`` and the full removed
-    mask (``removed``, list of [row, col]). Token ids ``[batch, pos]``."""
+    """Run ACDC; returns the kept edges as a ``Circuit`` whose scores are ``d(removed) − d(kept)`` measured
+    when each edge was tried (the cost of removing it). ``meta`` holds ``d_final``, ``n_tried`` and the full
+    removed mask (``removed``, list of [row, col]). Token ids ``[batch, pos]``."""
     if level not in ("edge", "node"):
         raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
     if not isinstance(tau, (int, float)) or tau < 0:

@@ -1,9 +1,9 @@
 """A circuit is data: nodes, edges with scores, and how they were found.
 
-``Circuit(nodes, edges, scores, method, metric, task)``. ``edges`` are ``(upstream, downstream, input)`` triples
-with names from ``interp.graph.Graph`` (``input``, ``L{l}H{h}``, ``L{l}KV{j}``, ``M{l}``, ``logits``; ``input`` is
-``"q"``, ``"k"``, ``"v"`` or ``""``). ``to_json``/``from_json`` round-trip (atomic write), ``to_frame()`` gives
-the tidy edge table, ``circuit_figure(circuit)`` a plotly layered graph.
+``Circuit(nodes, edges, scores, method, metric, task)``. ``edges`` are ``(upstream, downstream, input)``
+triples with names from ``interp.graph.Graph`` (``input``, ``L{l}H{h}``, ``L{l}KV{j}``, ``M{l}``, ``logits``;
+``input`` is ``"q"``, ``"k"``, ``"v"`` or ``""``). ``to_json``/``from_json`` round-trip (atomic write),
+``to_frame()`` gives the tidy edge table, ``circuit_figure(circuit)`` a plotly layered graph.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Direct logit attribution per head (Elhage et al. 2021; Wang et al. 2022 for the IOI use).
 
-The direct effect of head ``L{l}H{h}`` on the logit difference at the final position, with the final norm's scale
-frozen from the clean run (so the map from the residual stream to logits is linear)::
+The direct effect of head ``L{l}H{h}`` on the logit difference at the final position, with the final norm's
+scale frozen from the clean run (so the map from the residual stream to logits is linear)::
 
     dla[l, h] = mean_b  (z_h W_O^h)[b, −1] ⊙ s[b, −1] · (W_U[answer_b] − W_U[wrong_b])
 
 where ``s`` is the final RMSNorm as a per-element factor (1/rms · gain) and ``z_h W_O^h`` is the head's output
-(for Gemma also through the post-attention norm at its run's scale, see ``interp.graph``). Final-logit softcapping
-is ignored. Validated in ``tests/unit/test_circuits_dla.py``: summed over every node (input, heads, MLPs) it equals
-the model's logit difference (bias-free models).
+(for Gemma also through the post-attention norm at its run's scale, see ``interp.graph``). Final-logit
+softcapping is ignored. Validated in ``tests/unit/test_circuits_dla.py``: summed over every node (input,
+heads, MLPs) it equals the model's logit difference (bias-free models).
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
-"""Edge attribution patching (EAP; Syed, Rager & Conmy 2023, "Attribution Patching Outperforms Automated Circuit
-Discovery").
+"""Edge attribution patching (EAP; Syed, Rager & Conmy 2023, "Attribution Patching Outperforms Automated
+Circuit Discovery").
 
 A first-order Taylor estimate of the effect on the metric M of patching edge u → v to the corrupt run::
 
     score(u → v) = (out_u(corrupt) − out_u(clean)) · ∂M/∂in_v |clean
 
 summed over batch and positions (M is a batch mean). ``in_v`` is the residual stream that input v reads
-(``interp.graph``): one per query head for q, one per **KV head** for k and v, one per MLP, one for the logits.
-Two forwards (clean with gradient, corrupt without) and one backward give every edge: the gradients w.r.t. all
-input streams come from a single ``autograd.grad`` call and are contracted with the stacked output differences.
-The score equals ∂M/∂removed[u, v] at removed = 0 (the edge-mask derivative), which is how it is validated:
-``tests/unit/test_circuits_eap.py`` compares every score with a separate autograd derivative per edge on a tiny
-GQA llama, and checks that EAP recovers a planted induction circuit.
+(``interp.graph``): one per query head for q, one per **KV head** for k and v, one per MLP, one for the
+logits. Two forwards (clean with gradient, corrupt without) and one backward give every edge: the gradients
+w.r.t. all input streams come from a single ``autograd.grad`` call and are contracted with the stacked output
+differences. The score equals ∂M/∂removed[u, v] at removed = 0 (the edge-mask derivative), which is how it is
+validated: ``tests/unit/test_circuits_eap.py`` compares every score with a separate autograd derivative per
+edge on a tiny GQA llama, and checks that EAP recovers a planted induction circuit.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def eap_scores(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor,
                metric: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """EAP scores ``[n_nodes, n_inputs]`` (``interp.graph.Graph`` layout; 0 where no edge exists).
 
-    ``clean_ids``/``corrupt_ids`` ``[batch, pos]`` (same shape); ``metric(logits [batch, pos, d_vocab])`` → scalar.
+    ``clean_ids``/``corrupt_ids`` ``[batch, pos]`` (same shape); ``metric(logits [batch, pos, d_vocab])`` →
+    scalar.
     """
     if clean_ids.shape != corrupt_ids.shape:
         raise ValueError(f"clean {tuple(clean_ids.shape)} and corrupt {tuple(corrupt_ids.shape)} token ids must "

@@ -8,8 +8,8 @@ the clean prompt (integrated gradients, Sundararajan et al. 2017), with ``m`` st
 
 (a right Riemann sum, so ``m = 1`` is exactly EAP; the authors' code uses the left sum k = 0 … m−1). Cost: one
 corrupt forward, one clean forward and ``m`` forward+backward passes. Validated in
-``tests/unit/test_circuits_eap.py``: m = 1 equals EAP, the completeness axiom (Σ_v score(input → v) → M(corrupt)
-− M(clean) as m grows) holds on a tiny model, and the planted induction circuit is recovered.
+``tests/unit/test_circuits_eap.py``: m = 1 equals EAP, the completeness axiom (Σ_v score(input → v) →
+M(corrupt) − M(clean) as m grows) holds on a tiny model, and the planted induction circuit is recovered.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def eap_ig_scores(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor,
     for k in range(1, steps + 1):
         embeds = e_corrupt + (k / steps) * (e_clean - e_corrupt)
         _, grads, _ = _stream_grads(model, metric, embeds=embeds)
-        total = grads if total is None else [a + g for a, g in zip(total, grads)]
+        total = grads if total is None else [a + g for a, g in zip(total, grads, strict=True)]
     return scores_from_grads(Graph.of(model), corrupt - clean, [g / steps for g in total])
 
 

@@ -4,10 +4,12 @@ A circuit C of n edges is evaluated by patching every edge *not* in C to the cor
 
     faithfulness(C) = (M(C) − M(corrupt)) / (M(clean) − M(corrupt))
 
-so the empty circuit scores 0 and the full graph 1. For scores from EAP / EAP-IG, C_n is the n edges of largest
-|score|; the curve is faithfulness(C_n) over a grid of n, its area is the trapezoid integral over the fraction of
-edges n / n_edges (in [0, 1]), and ``smallest(0.85)`` is the smallest n on the grid reaching 0.85. Validated in
-``tests/unit/test_circuits_faithfulness.py`` (endpoints 0 and 1 by construction of the patched forward).
+so the empty circuit scores 0 and the full graph 1. For scores from EAP / EAP-IG, C_n is the n edges of
+largest
+|score|; the curve is faithfulness(C_n) over a grid of n, its area is the trapezoid integral over the fraction
+of edges n / n_edges (in [0, 1]), and ``smallest(0.85)`` is the smallest n on the grid reaching 0.85.
+Validated in ``tests/unit/test_circuits_faithfulness.py`` (endpoints 0 and 1 by construction of the patched
+forward).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class FaithfulnessCurve:
 
     def smallest(self, level: float = 0.85) -> int | None:
         """Smallest circuit size on the grid with faithfulness ≥ ``level`` (None if none reaches it)."""
-        return next((s for s, v in zip(self.sizes, self.values) if v >= level), None)
+        return next((s for s, v in zip(self.sizes, self.values, strict=True) if v >= level), None)
 
     def to_frame(self):
         import pandas as pd
@@ -75,7 +77,7 @@ def faithfulness_curve(model, clean_ids, corrupt_ids, scores: torch.Tensor | Cir
     g = Graph.of(model)
     if isinstance(scores, Circuit):
         mat = torch.zeros(g.n_nodes, g.n_inputs, dtype=torch.float64)
-        for (up, down, kind), s in zip(scores.edges, scores.scores):
+        for (up, down, kind), s in zip(scores.edges, scores.scores, strict=True):
             mat[g.edge_index(up, down, kind)] = s
         scores = mat
     valid = g.valid

@@ -1,12 +1,12 @@
 """Tasks for circuit discovery: the IOI generator and a ``Task`` dataclass for your own prompts, plus the two
 metrics circuit methods use (logit difference and KL to the clean run).
 
-IOI (Wang et al. 2022, "Interpretability in the Wild"): "When Mary and John went to the store, John gave a drink
-to" → " Mary" (indirect object, the answer) vs " John" (subject, the wrong answer). Templates come in BABA and
-ABBA order; the corrupt prompt is the same template with three fresh distinct names (the "ABC" distribution), so
-no name is repeated and the IO/S signal is gone while the sentence shape is kept. Names, places and objects are
-filtered to words that are single tokens of the model's tokenizer with a leading space, so clean and corrupt
-prompts tokenise to the same length.
+IOI (Wang et al. 2022, "Interpretability in the Wild"): "When Mary and John went to the store, John gave a
+drink to" → " Mary" (indirect object, the answer) vs " John" (subject, the wrong answer). Templates come in
+BABA and ABBA order; the corrupt prompt is the same template with three fresh distinct names (the "ABC"
+distribution), so no name is repeated and the IO/S signal is gone while the sentence shape is kept. Names,
+places and objects are filtered to words that are single tokens of the model's tokenizer with a leading space,
+so clean and corrupt prompts tokenise to the same length.
 
     logit_diff = mean_batch( logits[b, pos, answer_b] − logits[b, pos, wrong_b] )
     kl_to_clean = mean_batch KL( softmax(clean[b, pos]) ‖ softmax(patched[b, pos]) )
@@ -49,7 +49,8 @@ def logit_diff(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor, 
 
 
 def kl_to_clean(logits: torch.Tensor, clean_logits: torch.Tensor, pos: int = -1) -> torch.Tensor:
-    """Mean over batch of KL(clean ‖ patched) of the next-token distributions at ``pos``; ``[batch, pos, d_vocab]``."""
+    """Mean over batch of KL(clean ‖ patched) of the next-token distributions at ``pos``; ``[batch, pos,
+    d_vocab]``."""
     lp = torch.log_softmax(logits[:, pos].double(), -1)
     lc = torch.log_softmax(clean_logits[:, pos].double(), -1)
     return (lc.exp() * (lc - lp)).sum(-1).mean()
@@ -94,7 +95,7 @@ class Task:
         tok = model.tokenizer
         rows_c = [tok(t)["input_ids"] for t in self.clean]
         rows_x = [tok(t)["input_ids"] for t in self.corrupt]
-        for i, (a, b) in enumerate(zip(rows_c, rows_x)):
+        for i, (a, b) in enumerate(zip(rows_c, rows_x, strict=True)):
             if len(a) != len(b):
                 raise ValueError(f"{self.name}: clean prompt {i} has {len(a)} tokens but its corrupt prompt has "
                                  f"{len(b)} ({self.clean[i]!r} vs {self.corrupt[i]!r}); edge patching needs "

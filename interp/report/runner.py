@@ -107,14 +107,14 @@ def _interp_version() -> str:
 
 
 def resolve_analyses(names) -> list[str]:
-    """Validate analysis names (``None`` = every available one); unknown names raise ``ReportError``."""
+    """Validate analysis names (``None`` = ``registry.default()``); unknown names raise ``ReportError``."""
     from interp.analyses import registry
 
     if names is None or len(names) == 0:
         for n, s in registry.unavailable().items():
             print(f"note: skipping analysis {n!r}: its module {', '.join(s.modules())} is not installed",
                   file=sys.stderr)
-        names = list(registry.available())
+        names = registry.default()
         if not names:
             raise ReportError("no analyses are available")
         return names

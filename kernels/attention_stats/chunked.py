@@ -16,6 +16,8 @@ skipped if ``row_lse`` is given) and pass 2 recomputes each logits tile and redu
 Running argmax keeps
 the earliest index on ties; running top-k merges tile top-k sorted by (value desc, index asc).
 Compute dtype is fp32 (fp64 for fp64 inputs); masked logits use -1e30 (finite, so 0 * log 0 never makes NaN).
+Performance: ~10 torch ops per tile; on an oversubscribed CPU (load > cores) OpenMP barriers dominate and
+``torch.set_num_threads(1)`` is several times faster (see benchmarks/attention_stats_kernels.py --threads).
 """
 
 from __future__ import annotations
@@ -283,11 +285,10 @@ def chunked_stats(
             if need_ent or need_cent:
                 if need_cent:
                     calog[..., j0:j1] += ((m - lse_eff)[:, :, None, :] @ A).squeeze(-2)
-                    S.mul_(A)  # A (S - m)
-                    calog[..., j0:j1] += S.sum(-2)
-                    ads = S.sum(-1) if need_ent else None
-                else:
-                    ads = _vecdot(A, S)
+                S.mul_(A)  # A (S - m), in place: S is not needed any more (no fresh allocation)
+                if need_cent:
+                    calog[..., j0:j1] += (ones[..., :T] @ S).squeeze(-2)
+                ads = S.sum(-1) if need_ent else None
                 if need_ent:
                     ent[..., q0 : q0 + T] -= ads + (m - lse_eff) * rowsum()
         lse_out[..., q0 : q0 + T] = lse

@@ -4,7 +4,7 @@ Numbers are checked against an independent float64 recomputation from HF's own e
 (``output_attentions=True``), not against values read off the implementation.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (ruff's first-party detection of interp.analyses varies)
 
 import json
 import subprocess
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from interp.analyses import basic, registry
 from typer.testing import CliRunner
 
+from interp.analyses import basic, registry
 from interp.cli import app
 from interp.scores import COLUMNS
 
@@ -224,3 +224,27 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_missing_analysis_module_is_skipped(monkeypatch, capsys):
+    from interp.report.runner import ReportError, resolve_analyses
+
+    ghost = registry.AnalysisSpec("ghost", "not written yet", run="interp.analyses.ghost_xyz:run")
+    monkeypatch.setitem(registry.REGISTRY, "ghost", ghost)
+    names = resolve_analyses(None)  # default = every available analysis
+    assert "ghost" not in names and "attention_basics" in names
+    assert "skipping analysis 'ghost'" in capsys.readouterr().err
+    with pytest.raises(ReportError, match="not installed"):
+        resolve_analyses(["ghost"])
+    res = invoke("analyses")
+    assert "ghost" in res.output and "[not installed]" in res.output
+    slow = registry.AnalysisSpec("slowpoke", "opt-in", run=lambda *a: {}, in_default=False)
+    monkeypatch.setitem(registry.REGISTRY, "slowpoke", slow)
+    assert "slowpoke" not in resolve_analyses(None) and resolve_analyses(["slowpoke"]) == ["slowpoke"]
+
+
+def test_registry_import_is_cheap():
+    code = ("import sys, interp.analyses.registry as r; assert r.available(); "
+            "heavy = [m for m in ('torch', 'transformers', 'pandas') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from interp.kernels.attention_stats._spec import validate
 from interp.kernels.attention_stats.reference import reference_pattern, reference_stats
 

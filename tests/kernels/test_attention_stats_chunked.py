@@ -7,6 +7,7 @@ import torch
 from _attn_helpers import compare, make_inputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from interp.kernels.attention_stats import VALID_STATS, chunked_stats, compute_attention_stats
 from interp.kernels.attention_stats._spec import validate
 

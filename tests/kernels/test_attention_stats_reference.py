@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from interp.kernels.attention_stats import VALID_STATS, compute_attention_stats
 
 L2, L3 = math.log(2), math.log(3)

@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 from _attn_helpers import compare, make_inputs
+
 from interp.kernels.attention_stats import VALID_STATS, compute_attention_stats
 from interp.kernels.attention_stats._spec import validate
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from interp.analyses.circuits import acdc, acdc_order, kl_to_clean
 
+from interp.analyses.circuits import acdc, acdc_order, kl_to_clean
 from interp.graph import Graph, corrupt_outputs, run_graph
 from interp.testing import tiny_model
 
@@ -25,7 +25,8 @@ def small():
 
 
 def reference_forward(m, ids, corrupt=None, removed=frozenset()):
-    """Logits and node outputs {name: [batch, pos, d_model]}; ``removed`` holds (upstream, downstream, input)."""
+    """Logits and node outputs {name: [batch, pos, d_model]}; ``removed`` holds (upstream, downstream,
+    input)."""
     dec, attn = m.arch.layers[0], m.arch.layers[0].self_attn
     dh, H = m.shape.d_head, m.shape.n_heads
     b, p = ids.shape

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from interp.analyses.circuits import Circuit, Task, circuit_figure, faithfulness_curve, logit_diff
 
+from interp.analyses.circuits import Circuit, Task, circuit_figure, faithfulness_curve, logit_diff
 from interp.graph import Graph
 from interp.testing import tiny_model
 

@@ -1,11 +1,12 @@
 """Direct logit attribution: per-head values against the hook runtime's head outputs and a hand-written final
-RMSNorm; summed over every node it must reproduce the logit difference (linear once the norm scale is frozen)."""
+RMSNorm; summed over every node it must reproduce the logit difference (linear once the norm scale is
+frozen)."""
 
 from __future__ import annotations
 
 import torch
-from interp.analyses.circuits import dla, dla_nodes, logit_diff
 
+from interp.analyses.circuits import dla, dla_nodes, logit_diff
 from interp.hooks import run_with_cache
 from interp.sites import Site
 from interp.testing import tiny_model

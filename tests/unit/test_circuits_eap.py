@@ -1,16 +1,17 @@
 """EAP / EAP-IG: vectorised scores equal the per-edge derivative of the metric w.r.t. that edge's patch mask.
 
-EAP's score of u → v is defined as (out_u(corrupt) − out_u(clean)) · ∂M/∂in_v. Patching the edge by a fraction α
-makes in_v = resid − α (out_u(clean) − out_u(corrupt)), so the same number is dM/dα at α = 0: computed here with a
-separate forward + backward per edge through the graph's *patch* path (not the stream-gradient path EAP uses).
+EAP's score of u → v is defined as (out_u(corrupt) − out_u(clean)) · ∂M/∂in_v. Patching the edge by a fraction
+α makes in_v = resid − α (out_u(clean) − out_u(corrupt)), so the same number is dM/dα at α = 0: computed here
+with a separate forward + backward per edge through the graph's *patch* path (not the stream-gradient path EAP
+uses).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from interp.analyses.circuits import eap_ig_scores, eap_scores, logit_diff
 
+from interp.analyses.circuits import eap_ig_scores, eap_scores, logit_diff
 from interp.graph import Graph, corrupt_outputs, run_graph
 from interp.testing import tiny_model
 

@@ -1,4 +1,5 @@
-"""interp.graph: the edge-level forward reproduces HF (nothing patched) and the corrupt run (everything patched)."""
+"""interp.graph: the edge-level forward reproduces HF (nothing patched) and the corrupt run (everything
+patched)."""
 
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def test_graph_counts_by_hand():
     # 2 layers, 4 query heads, 2 KV heads: inputs per layer 4 q + 2 k + 2 v + 1 mlp = 9
     g = Graph(2, 4, 2)
     assert g.n_nodes == 1 + 2 * 5 and g.n_inputs == 2 * 9 + 1
-    # L0 attention inputs see {input}: 8 edges; M0 sees input + 4 heads: 5; L1 attention inputs see 6 nodes: 48;
-    # M1 sees 10; logits see all 11
+    # L0 attention inputs see {input}: 8 edges; M0 sees input + 4 heads: 5; L1 attention inputs see 6 nodes:
+    # 48; M1 sees 10; logits see all 11
     assert g.n_edges == 8 + 5 + 48 + 10 + 11 == len(g.edges())
     assert g.edge_index("L0H3", "L1KV1", "k") == (4, 9 + 4 + 1)
     with pytest.raises(ValueError, match="not upstream"):

@@ -1,16 +1,18 @@
-"""Planted ground truth: a hand-set 2-layer attention-only llama (RoPE, 2 heads/layer) with an induction circuit.
+"""Planted ground truth: a hand-set 2-layer attention-only llama (RoPE, 2 heads/layer) with an induction
+circuit.
 
 L0H0 is a previous-token head (q, k from a constant residual direction, phase-shifted RoPE pairs so the score
 peaks at offset 1; v copies the token into a "previous token" subspace P). L1H0 is an induction head by
 K-composition (q = current token, k = P, both on slow RoPE pairs; v copies the token to a subspace U that the
 unembedding reads). H1 of each layer is a random distractor; MLPs are zero. On [BOS, s, s] vs the corrupt
-[BOS, r, s] (first half replaced) with M = logit(s_{j+1}) − logit(r_{j+1}) over the second half, the circuit is:
+[BOS, r, s] (first half replaced) with M = logit(s_{j+1}) − logit(r_{j+1}) over the second half, the circuit
+is:
 
     input → L0H0.v (the previous token's identity),  L0H0 → L1H0.k (K-composition),
     input → L1H0.v (the token to copy),               L1H0 → logits.
 
-(The first two named in the task; the two value edges are how the token identities travel, so they belong to the
-planted circuit too.) EAP, EAP-IG and ACDC must recover exactly these (precision = recall = 1 ≥ 0.9).
+(The first two named in the task; the two value edges are how the token identities travel, so they belong to
+the planted circuit too.) EAP, EAP-IG and ACDC must recover exactly these (precision = recall = 1 ≥ 0.9).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import math
 
 import pytest
 import torch
-from interp.analyses.circuits import Circuit, acdc, eap_ig_scores, eap_scores, faithfulness
 
+from interp.analyses.circuits import Circuit, acdc, eap_ig_scores, eap_scores, faithfulness
 from interp.graph import Graph
 
 PLANTED = {("input", "L0KV0", "v"), ("L0H0", "L1KV0", "k"), ("input", "L1KV0", "v"), ("L1H0", "logits", "")}
@@ -143,7 +145,8 @@ def test_acdc_node_level_keeps_planted_nodes(planted):
 
 def test_saturated_attention_breaks_eap_but_not_eap_ig():
     """With a sharper induction head (b = 4, attention ≈ 1) the softmax saturates: EAP's gradient through the
-    key vanishes and it misses L0H0 → L1H0.k, while EAP-IG, integrating from the corrupt run, still finds it."""
+    key vanishes and it misses L0H0 → L1H0.k, while EAP-IG, integrating from the corrupt run, still finds
+    it."""
     model = planted_induction(b=4.0)
     clean, corrupt, metric = induction_data()
     g = Graph.of(model)

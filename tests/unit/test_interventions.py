@@ -140,15 +140,15 @@ def test_uniform_attention_matches_hand_computed_uniform_mean(llama):
     n = ids.shape[1]
     uniform = torch.tril(torch.ones(n, n, dtype=torch.float64)) / torch.arange(1, n + 1, dtype=torch.float64)[:, None]
     pat = got[Site(L, "pattern")]
-    torch.testing.assert_close(pat[:, h].double(), uniform.expand(2, n, n), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pat[:, h].double(), uniform.expand(2, n, n), atol=2e-5, rtol=0)
     torch.testing.assert_close(got[Site(L, "z", h)].double(), uniform @ cache[Site(L, "v", kv)].double(),
                                atol=1e-4, rtol=1e-4)
-    assert (pat[:, 0].double() - uniform).abs().max() > 1e-2  # other heads untouched
+    assert (pat[:, 0].double() - uniform).abs().max() > 2e-3  # other heads untouched
     # kv_head= makes every query head of the group uniform
     with llama.intervene(UniformAttention(L, kv_head=1)):
         _, got = run_with_cache(llama, ids, [Site(L, "pattern")])
     for hh in llama.shape.heads_of_kv(1):
-        torch.testing.assert_close(got[Site(L, "pattern")][:, hh].double(), uniform.expand(2, n, n), atol=1e-4,
+        torch.testing.assert_close(got[Site(L, "pattern")][:, hh].double(), uniform.expand(2, n, n), atol=2e-5,
                                    rtol=0)
 
 

@@ -17,6 +17,15 @@ PROMPTS = ["how to bake bread", "write a poem about rain", "explain how magnets 
            "teach me chess"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on shared cores two OpenMP threads make them ~20× slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def basis(n, cols):
     """Orthonormal columns in R^n from a list of coefficient vectors (Gram-Schmidt not needed: given orthonormal)."""
     return np.stack(cols, axis=1)

@@ -1,0 +1,210 @@
+"""Retrieval vs streaming KV heads by a learned gate (DuoAttention, Xiao et al. 2024).
+
+Every KV head g of layer l gets a gate α_{l,g} ∈ [0, 1] mixing two attention outputs of its query heads:
+
+    out = α · softmax_causal(q kᵀ·s) v  +  (1 − α) · softmax_stream(q kᵀ·s) v
+
+where the streaming softmax only keeps keys j with ``j < sink`` or ``i − j < recent`` (sizes configurable;
+the paper uses 128 sink + 256 recent at 32K, we default to 16 + 64 at ~1K tokens). Only α is trained, on
+synthetic multi-passkey prompts (filler text with several passkeys, question at the end), with
+
+    loss = mean_{answer positions} ‖h_gated − h_full‖² / d_model  +  λ · mean |α|      (λ = 0.05, lr 0.02)
+
+(h = final hidden states; α clamped to [0, 1] after each Adam step). Deployment: a KV head is a retrieval
+head iff α ≥ threshold, or the top ``1 − sparsity`` share of heads by α. α reads/writes the official TSV
+(rows = layers, columns = KV heads, tab-separated).
+
+The gated attention is a dense (eager) attention function registered with transformers as ``"duo"``: fine
+for training at ~1K tokens. ``streaming_proxy`` gives the statistics-engine proxy (attention mass outside
+sink + recent per KV head, mean over its query heads) to compare with α by Spearman correlation.
+Validated in ``tests/unit/test_duo_attention.py``: α = 1 reproduces SDPA causal attention, α = 0 equals a
+dense float64 sink+recent masked computation, and TSV round trip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+_ALPHA_ATTR = "_duo_alpha"
+
+
+def streaming_mask(q_len: int, k_len: int, sink: int, recent: int, device=None) -> torch.Tensor:
+    """``[query_pos, key_pos]`` bool: causal and (key < sink or query − key < recent)."""
+    i = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
+    j = torch.arange(k_len, device=device)[None, :]
+    return (j <= i) & ((j < sink) | (i - j < recent))
+
+
+def gated_attention(query, key, value, alpha, *, scale: float, sink: int, recent: int):
+    """Gated full/streaming attention.
+
+    Args: query ``[batch, head, query_pos, d_head]``; key, value ``[batch, kv_head, key_pos, d_head]``;
+    alpha ``[kv_head]`` in [0, 1]. Returns ``[batch, head, query_pos, d_head]``.
+    """
+    b, h, n, d = query.shape
+    g = key.shape[1]
+    if h % g or alpha.shape != (g,):
+        raise ValueError(f"alpha must have one gate per KV head ({g}), got shape {tuple(alpha.shape)}")
+    k = key.repeat_interleave(h // g, dim=1)
+    v = value.repeat_interleave(h // g, dim=1)
+    dt = torch.promote_types(query.dtype, torch.float32)  # softmax in ≥ fp32
+    s = (query.to(dt) @ k.to(dt).transpose(-1, -2)) * scale
+    m = key.shape[2]
+    causal = streaming_mask(n, m, m, m, query.device)  # sink = recent = all: plain causal
+    stream = streaming_mask(n, m, sink, recent, query.device)
+    full = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v.to(dt)
+    strm = torch.softmax(s.masked_fill(~stream, float("-inf")), -1) @ v.to(dt)
+    a = alpha.repeat_interleave(h // g).view(1, h, 1, 1).to(full.dtype)
+    return (a * full + (1 - a) * strm).to(query.dtype)
+
+
+def _duo_attention_fn(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    cfg = getattr(module, _ALPHA_ATTR)
+    alpha, sink, recent = cfg
+    out = gated_attention(query, key, value, alpha, scale=module.scaling if scaling is None else scaling,
+                          sink=sink, recent=recent)
+    return out.transpose(1, 2).contiguous(), None
+
+
+class DuoGates:
+    """α ``[layer, kv_head]`` on a model: ``with gates.active(): model.hf(...)`` runs gated attention."""
+
+    def __init__(self, model, *, sink: int = 16, recent: int = 64, init: float = 1.0):
+        s = model.shape
+        self.model, self.sink, self.recent = model, int(sink), int(recent)
+        if self.sink < 0 or self.recent < 1:
+            raise ValueError(f"need sink ≥ 0 and recent ≥ 1, got sink={sink}, recent={recent}")
+        self.alpha = torch.nn.Parameter(torch.full((s.n_layers, s.n_kv_heads), float(init)))
+
+    def active(self):
+        import contextlib
+
+        from transformers import AttentionInterface
+
+        AttentionInterface.register("duo", _duo_attention_fn)
+        hf, arch = self.model.hf, self.model.arch
+
+        @contextlib.contextmanager
+        def ctx():
+            prev = hf.config._attn_implementation
+            for layer in range(self.model.shape.n_layers):
+                setattr(arch.attn(layer), _ALPHA_ATTR, (self.alpha[layer], self.sink, self.recent))
+            hf.set_attn_implementation("duo")
+            try:
+                yield
+            finally:
+                hf.set_attn_implementation(prev)
+                for layer in range(self.model.shape.n_layers):
+                    delattr(arch.attn(layer), _ALPHA_ATTR)
+
+        return ctx()
+
+
+def passkey_batch(tokenizer, *, n_tokens: int = 1024, n_keys: int = 3, seed: int = 0,
+                  filler: str | None = None):
+    """One synthetic multi-passkey prompt: filler text with ``n_keys`` "The pass key for <name> is <5 digits>."
+    sentences at random depths, then a question and the answers. Returns ``(ids [1, pos], answer_pos [n])``."""
+    rng = np.random.default_rng(seed)
+    if filler is None:
+        from .niah import load_needles
+
+        filler = load_needles()[0].haystack
+    words = filler.split()
+    names = ["red", "blue", "green", "gold", "grey", "pink", "teal", "navy"][:n_keys]
+    keys = [str(x) for x in rng.integers(10000, 99999, size=n_keys)]
+    start = int(rng.integers(0, max(1, len(words) - 4 * n_tokens)))
+    body = words[start: start + n_tokens]
+    cut = sorted(rng.choice(len(body), size=n_keys, replace=False))
+    parts, prev = [], 0
+    for c, name, key in zip(cut, names, keys):
+        parts += body[prev:c] + [f"The pass key for {name} is {key}."]
+        prev = c
+    parts += body[prev:]
+    prefix = " ".join(parts) + " What are the pass keys? Answer:"
+    answer = " ".join(f"{n}: {k}." for n, k in zip(names, keys))
+    ids_p = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    ids_a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    ids = (ids_p + ids_a)[-n_tokens:]
+    pos = torch.arange(len(ids) - len(ids_a), len(ids))
+    return torch.tensor([ids]), pos
+
+
+def train_gates(model, *, steps: int = 30, n_tokens: int = 1024, n_keys: int = 3, sink: int = 16,
+                recent: int = 64, lam: float = 0.05, lr: float = 0.02, seed: int = 0, filler: str | None = None,
+                log=None) -> DuoGates:
+    """Train α only (model weights frozen) to match full-attention final hidden states at the answer tokens."""
+    gates = DuoGates(model, sink=sink, recent=recent)
+    opt = torch.optim.Adam([gates.alpha], lr=lr)
+    hf = model.hf
+    req = [p.requires_grad for p in hf.parameters()]
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    try:
+        for step in range(steps):
+            ids, pos = passkey_batch(model.tokenizer, n_tokens=n_tokens, n_keys=n_keys, seed=seed + step,
+                                     filler=filler)
+            with torch.no_grad():
+                target = hf.model(input_ids=ids).last_hidden_state[0, pos]
+            with gates.active():
+                h = hf.model(input_ids=ids).last_hidden_state[0, pos]
+            distill = ((h - target) ** 2).mean()
+            loss = distill + lam * gates.alpha.abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                gates.alpha.clamp_(0.0, 1.0)
+            if log is not None:
+                log({"step": step, "loss": float(loss), "distill": float(distill),
+                     "mean_alpha": float(gates.alpha.mean())})
+    finally:
+        for p, r in zip(hf.parameters(), req):
+            p.requires_grad_(r)
+    return gates
+
+
+def retrieval_kv_heads(alpha, *, threshold: float | None = 0.5, sparsity: float | None = None) -> np.ndarray:
+    """``[layer, kv_head]`` bool: retrieval (full-attention) heads by ``α ≥ threshold`` or, with ``sparsity``
+    s ∈ [0, 1], the heads above the s-quantile of α (a share s of heads become streaming)."""
+    a = np.asarray(alpha.detach().cpu() if hasattr(alpha, "detach") else alpha, dtype=float)
+    if sparsity is not None:
+        if not 0 <= sparsity <= 1:
+            raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+        return a > np.quantile(a, sparsity) if sparsity > 0 else np.ones_like(a, dtype=bool)
+    return a >= threshold
+
+
+def save_duo_tsv(alpha, path) -> None:
+    """Official format: one row per layer, one tab-separated column per KV head."""
+    a = np.asarray(alpha.detach().cpu() if hasattr(alpha, "detach") else alpha, dtype=float)
+    if a.ndim != 2:
+        raise ValueError(f"alpha must be [layer, kv_head], got shape {a.shape}")
+    tmp = f"{os.fspath(path)}.tmp"
+    np.savetxt(tmp, a, delimiter="\t", fmt="%.6f")
+    os.replace(tmp, path)
+
+
+def load_duo_tsv(path) -> np.ndarray:
+    a = np.loadtxt(path, delimiter="\t", ndmin=2)
+    return a
+
+
+def streaming_proxy(model, ids, *, sink: int = 16, recent: int = 64) -> np.ndarray:
+    """Engine proxy ``[layer, kv_head]``: attention mass outside sink + recent, over query rows
+    ≥ sink + recent (where the two sets do not overlap), mean over each KV head's query heads."""
+    import interp
+
+    st = interp.attention_stats(model, ids, ["mass_first", "mass_recent"], sink_k=sink, recent_w=recent)
+    outside = 1 - st.head_mean("mass_first", from_pos=sink + recent) - st.head_mean("mass_recent",
+                                                                                     from_pos=sink + recent)
+    s = model.shape
+    return outside.numpy().reshape(s.n_layers, s.n_kv_heads, s.group_size).mean(-1)
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
