@@ -158,7 +158,7 @@ def train_gates(model, *, steps: int = 30, n_tokens: int = 1024, n_keys: int = 3
             with torch.no_grad():
                 gates.alpha.clamp_(0.0, 1.0)
             if log is not None:
-                log({"step": step, "loss": float(loss), "distill": float(distill),
+                log({"step": step, "loss": float(loss.detach()), "distill": float(distill.detach()),
                      "mean_alpha": float(gates.alpha.mean())})
     finally:
         for p, r in zip(hf.parameters(), req):
@@ -208,3 +208,19 @@ def spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
+
+
+def compare(model, alpha, *, retrieval_scores=None, n_tokens: int = 1024, sink: int = 16, recent: int = 64,
+            seed: int = 1000) -> dict:
+    """Spearman rank correlation of α ``[layer, kv_head]`` with the engine proxy (on a fresh passkey prompt)
+    and, if given, with retrieval scores ``[layer, head]`` reduced to KV heads by the max over query heads."""
+    a = np.asarray(alpha.detach().cpu() if hasattr(alpha, "detach") else alpha, dtype=float)
+    ids, _ = passkey_batch(model.tokenizer, n_tokens=n_tokens, seed=seed)
+    proxy = streaming_proxy(model, ids, sink=sink, recent=recent)
+    out = {"spearman_alpha_proxy": spearman(a, proxy), "proxy": proxy.tolist()}
+    if retrieval_scores is not None:
+        s = model.shape
+        r = np.nan_to_num(np.asarray(retrieval_scores, dtype=float)).reshape(s.n_layers, s.n_kv_heads, -1).max(-1)
+        out["spearman_alpha_retrieval"] = spearman(a, r)
+        out["spearman_proxy_retrieval"] = spearman(proxy, r)
+    return out

@@ -31,7 +31,7 @@ import torch
 
 DEFAULT_PARAMS = {"n_samples": 100, "n_tokens": 64, "k": 1, "eps": 0.3, "seed": 0, "batch_size": 25,
                   "conditions": ["prose", "random", "repeated"], "streaming": True, "hidden": True,
-                  "secondary": True, "extreme": True, "causal_k": 5}
+                  "secondary": True, "extreme": True}
 
 
 def _check_ids(model, ids):

@@ -15,20 +15,34 @@ class UnsupportedArchitectureError(ValueError):
     pass
 
 
+def native(module):
+    """The HF module behind a TransformerLens bridge wrapper (the module itself when not wrapped)."""
+    while type(module).__module__.startswith("transformer_lens") and isinstance(
+            getattr(module, "original_component", None), nn.Module):
+        module = module.original_component
+    return module
+
+
 @dataclass
 class Arch:
+    """References to the model's own HF modules, taken once: a TransformerLens bridge built later wraps the
+    tree in place, but these stay the native modules (interp swaps them back in around its own forwards)."""
+
     base_path: str  # e.g. "model" or "model.language_model"
-    layers: nn.ModuleList
+    layers: list  # native decoder layers
     embed: nn.Module
     final_norm: nn.Module | None
     lm_head: nn.Module
     pre_mlp_norm: str  # attribute of a decoder layer whose *input* is resid_mid
 
     def attn(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attn
+        return native(self.layers[layer].self_attn)
 
     def mlp(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp
+        return native(self.layers[layer].mlp)
+
+    def submodule(self, layer: int, name: str) -> nn.Module:
+        return native(getattr(self.layers[layer], name))
 
     def path(self, layer: int | None, part: str) -> str:
         """HF module path of a part ("layer", "self_attn", "self_attn.o_proj", "mlp", "embed", "lm_head")."""
@@ -54,8 +68,9 @@ def _get(root: nn.Module, path: str):
 def locate(hf: nn.Module) -> Arch:
     for base in ("model", "model.language_model", "language_model.model", "model.model"):
         layers = _get(hf, f"{base}.layers")
-        if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], "self_attn"):
-            attn = layers[0].self_attn
+        if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(native(layers[0]), "self_attn"):
+            layers = [native(layer) for layer in layers]
+            attn = native(layers[0].self_attn)
             if not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
                 break
             lm_head = getattr(hf, "lm_head", None)
@@ -63,7 +78,9 @@ def locate(hf: nn.Module) -> Arch:
                 break
             pre = "pre_feedforward_layernorm" if hasattr(layers[0], "pre_feedforward_layernorm") \
                 else "post_attention_layernorm"
-            return Arch(base, layers, _get(hf, f"{base}.embed_tokens"), _get(hf, f"{base}.norm"), lm_head, pre)
+            norm = _get(hf, f"{base}.norm")
+            return Arch(base, layers, native(_get(hf, f"{base}.embed_tokens")), norm if norm is None else native(norm),
+                        native(lm_head), pre)
     raise UnsupportedArchitectureError(
         f"{type(hf).__name__} is not a supported layout: interp needs a decoder-only HF model with "
         "`layers[i].self_attn.{q,k,v,o}_proj` (Llama, Mistral, Qwen2/3, Gemma 2/3, LLaVA's language model…)")

@@ -42,18 +42,49 @@ def _register() -> None:
 
 
 @contextlib.contextmanager
-def interp_attention_active(model):
-    """Route ``model``'s attention through the interp attention function for the duration of the block."""
-    _register()
-    hf = model.hf
-    prev = hf.config._attn_implementation
-    if prev != "interp":
-        hf.set_attn_implementation("interp")
+def native_modules(hf):
+    """Swap the model's own modules back in where a TransformerLens bridge has wrapped them (restored on exit).
+
+    ``TransformerBridge.boot_transformers`` replaces HF modules in place by wrappers that compute attention
+    themselves, which would bypass interp's attention function and hooks.
+    """
+    swaps = []
+
+    def visit(parent):
+        for name, child in list(parent.named_children()):
+            orig = child
+            while type(orig).__module__.startswith("transformer_lens") and isinstance(
+                    getattr(orig, "original_component", None), torch.nn.Module):
+                orig = orig.original_component
+            if orig is not child:
+                swaps.append((parent, name, child))
+                setattr(parent, name, orig)
+            visit(orig)
+
+    if getattr(hf, "_interp_bridged", False):
+        visit(hf)
     try:
         yield
     finally:
-        if prev != "interp" and prev is not None:
-            hf.set_attn_implementation(prev)
+        for parent, name, child in reversed(swaps):
+            setattr(parent, name, child)
+
+
+@contextlib.contextmanager
+def interp_attention_active(model):
+    """Route ``model``'s attention through the interp attention function for the duration of the block
+    (and use the native HF modules if a TransformerLens bridge has wrapped them)."""
+    _register()
+    hf = model.hf
+    with native_modules(hf):
+        prev = hf.config._attn_implementation
+        if prev != "interp":
+            hf.set_attn_implementation("interp")
+        try:
+            yield
+        finally:
+            if prev != "interp" and prev is not None:
+                hf.set_attn_implementation(prev)
 
 
 def causal_bool_mask(q_len: int, k_len: int, device, window: int | None = None) -> torch.Tensor:
@@ -227,7 +258,7 @@ class HookRuntime:
                     "embed": (arch.embed, "output"), "logits": (arch.lm_head, "output"),
                     "resid_pre": (arch.layers[layer], "input"), "resid_post": (arch.layers[layer], "output"),
                     "attn_in": (arch.attn(layer), "input"), "attn_out": (arch.attn(layer), "output"),
-                    "resid_mid": (getattr(arch.layers[layer], arch.pre_mlp_norm), "input"),
+                    "resid_mid": (arch.submodule(layer, arch.pre_mlp_norm), "input"),
                     "mlp_in": (arch.mlp(layer), "input"), "mlp_out": (arch.mlp(layer), "output"),
                 }[comp]
                 self._module_hook(target[0], layer, comp, target[1])

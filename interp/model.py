@@ -118,6 +118,8 @@ class Model:
         prev = self.hf.config._attn_implementation
         bridge = TransformerBridge.boot_transformers(
             self.source or self.name, hf_model=self.hf, tokenizer=self.tokenizer, device=str(self.device))
+        # the bridge wraps HF modules in place; interp's forwards swap the native ones back in (hooks.native_modules)
+        self.hf._interp_bridged = True
         self._tl_attn = self.hf.config._attn_implementation
         del prev
         return bridge

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .hooks import native_modules
 from .sites import Site
 
 HEAD_COMPONENTS = ("q", "k", "v", "z", "pattern")
@@ -93,28 +94,6 @@ def _skip_layers(model, n: int):
     finally:
         for i, mod in enumerate(saved):
             obj[i] = mod
-
-
-@contextlib.contextmanager
-def unbridged_attention(model):
-    """Put the original HF attention modules back for the block if ``model.tl`` has been built.
-
-    The TransformerLens bridge replaces ``layers[i].self_attn`` by an attention bridge that computes attention
-    itself, so interp's attention function — and every q/k/v/pattern/z hook — would silently not run.
-    (Workaround local to this module; the hook runtime should do this itself.)
-    """
-    swaps = []
-    for layer in model.arch.layers:
-        attn = layer.self_attn
-        orig = getattr(attn, "original_component", None) if "transformer_lens" in type(attn).__module__ else None
-        if isinstance(orig, nn.Module):
-            swaps.append((layer, attn))
-            layer.self_attn = orig
-    try:
-        yield
-    finally:
-        for layer, attn in swaps:
-            layer.self_attn = attn
 
 
 def _check_inputs(model, clean_ids, corrupt_ids):
@@ -203,7 +182,7 @@ def patch_sweep(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, sites
     elif heads is not None:
         raise ValueError(f"{sites} has no heads; drop heads={heads!r}")
 
-    with unbridged_attention(model):
+    with native_modules(model.hf):
         return _sweep(model, clean_ids, corrupt_ids, sites, metric, positions, memory_budget_mb, layers, heads,
                       batch_size, reuse_prefix, per_head)
 

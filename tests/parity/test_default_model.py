@@ -48,3 +48,18 @@ def test_views_share_weights_and_nnsight_agrees(default_model):
     resid = resid[0] if isinstance(resid, tuple) else resid
     torch.testing.assert_close(ours[Site(3, "attn_out")], attn, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours[Site(5, "resid_post")], resid, atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_still_work_after_the_bridge_wrapped_the_model(default_model):
+    """Booting the TL bridge wraps HF modules in place; interp must still reach its own hooks afterwards."""
+    m = default_model
+    _ = m.tl  # make sure the bridge exists
+    ids = m.to_tokens("The capital of France is")
+    logits, c = run_with_cache(m, ids, [Site(3, "z"), Site(3, "q"), Site(4, "resid_pre")])
+    assert set(c) == {Site(3, "z"), Site(3, "q"), Site(4, "resid_pre")}
+    with torch.no_grad():
+        with m.hooks({Site(3, "z", 2): lambda z, s: torch.zeros_like(z)}):
+            _, c2 = run_with_cache(m, ids, [Site(3, "z")])
+        tl_logits = m.tl(ids)
+    assert torch.all(c2[Site(3, "z")][:, :, 2] == 0)
+    torch.testing.assert_close(logits, tl_logits, atol=1e-4, rtol=1e-4)  # and TL itself still works

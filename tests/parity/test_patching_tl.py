@@ -43,7 +43,7 @@ def test_head_z_all_pos_equals_tl(default_model):
 def test_resid_pre_by_pos_equals_tl(default_model):
     m = default_model
     clean, corrupt, metric = _setup(m)
-    layers = [0, 5, 10, 15, 20, 25]
+    layers = [0, 8, 16, 24]
     ours = patch_sweep(m, clean, corrupt, "resid_pre", metric, "each", layers=layers)
     _, cache = m.tl.run_with_cache(clean)
     n = clean.shape[1]

@@ -92,3 +92,19 @@ def test_tsv_round_trip_and_deployment(tmp_path):
                                   [[1, 0, 1], [0, 1, 0]])  # median 0.4: above → retrieval
     with pytest.raises(ValueError, match="sparsity"):
         duo.retrieval_kv_heads(a, sparsity=1.5)
+
+
+def test_streaming_proxy_matches_the_dense_pattern():
+    from interp.hooks import run_with_cache
+    from interp.sites import Site
+
+    model = tiny_model("llama", n_layers=2)
+    ids = torch.randint(2, 60, (1, 24), generator=torch.Generator().manual_seed(2))
+    got = duo.streaming_proxy(model, ids, sink=2, recent=4)
+    _, cache = run_with_cache(model, ids, [Site(l, "pattern") for l in range(2)])
+    keep = duo.streaming_mask(24, 24, 2, 4)
+    for layer in range(2):
+        p = cache[Site(layer, "pattern")][0].double()  # [head, query_pos, key_pos]
+        outside = (p * ~keep).sum(-1)[:, 6:].mean(-1)  # query rows ≥ sink + recent, as the proxy
+        np.testing.assert_allclose(got[layer], outside.view(2, 2).mean(-1).numpy(), atol=1e-5)
+    assert duo.spearman([1, 2, 3], [10, 30, 20]) == pytest.approx(0.5)

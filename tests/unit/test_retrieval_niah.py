@@ -117,3 +117,20 @@ def test_sweep_resumes_after_a_kill_with_the_same_records(tmp_path):
     assert len(full[0]["scores"]) == 2 and len(full[0]["scores"][0]) == 4  # [layer][head]
     with pytest.raises(ValueError, match="different settings"):
         retrieval.niah_sweep(model, checkpoint=ck, **dict(kw, max_new_tokens=4))
+
+
+def test_report_entry_returns_a_score_table_and_writes_the_official_json(tmp_path):
+    from interp.scores import COLUMNS
+
+    model = tiny_model("llama", n_layers=2, n_ctx=512, seed=1)
+    params = dict(lengths=[150], depths=[0], needles=[1], max_new_tokens=2, buffer=20)
+    res = retrieval.run(model, params, tmp_path)
+    scores = res["scores"]
+    assert list(scores.columns[:len(COLUMNS)]) == COLUMNS
+    assert len(scores[scores["score"] == "retrieval_score"]) == 2 * 4  # every (layer, head)
+    acc = scores[scores["score"] == "niah_accuracy"]["value"].item()
+    assert acc == float(res["per_sample"]["kept"].mean())
+    (path,) = retrieval.write_official(res, params, tmp_path)
+    counter = retrieval.load_retrieval_json(path)
+    assert set(counter) == {f"{l}-{h}" for l in range(2) for h in range(4)}
+    assert all(len(v) == int(res["per_sample"]["kept"].sum()) for v in counter.values())  # kept samples only

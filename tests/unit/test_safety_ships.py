@@ -130,7 +130,11 @@ def test_dataset_scores_count_and_sum_planted():
     kl = torch.tensor([[[5.0, 1.0, 0.0], [3.0, 2.0, 4.0]],
                        [[0.5, 9.0, 8.0], [0.1, 0.2, 0.3]]], dtype=torch.float64)  # [query, layer, head]
     df = dataset_scores(kl, model_name="m", top_k=2)
-    get = lambda s, layer, head: float(df[(df["score"] == s) & (df["layer"] == layer) & (df["head"] == head)]["value"].iloc[0])
+
+    def get(score, layer, head):
+        sel = (df["score"] == score) & (df["layer"] == layer) & (df["head"] == head)
+        return float(df[sel]["value"].iloc[0])
+
     # query 0 top-2: L0H0 (5), L1H2 (4); query 1 top-2: L0H1 (9), L0H2 (8)
     assert get("ships_top2_count", 0, 0) == 1 and get("ships_top2_count", 1, 2) == 1
     assert get("ships_top2_count", 1, 0) == 0 and get("ships_top2_count", 0, 1) == 1
