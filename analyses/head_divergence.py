@@ -119,3 +119,29 @@ def top_heads(scores: pd.DataFrame, score: str, k: int = 10) -> list[tuple[int, 
     """The k (layer, head) pairs with the largest value of ``score``."""
     sub = scores[(scores["score"] == score) & (scores["head"] >= 0)].nlargest(k, "value")
     return list(zip(sub["layer"].astype(int), sub["head"].astype(int)))
+
+
+DEFAULT_PARAMS = {"context_tokens": 300, "n_generate": 8, "depth": 0.5}
+
+
+def needle_samples(model, *, context_tokens: int = 300, depth: float = 0.5):
+    """(context, prompt) pairs from the retrieval-head needles: the context is a haystack excerpt with the
+    needle inserted at ``depth``; the prompt is the paper's question (plain text: the suffix must be the same
+    token ids in both runs, so no chat template wraps it)."""
+    from .niah import build_context, load_needles
+
+    samples = []
+    for needle in load_needles():
+        context = build_context(model.tokenizer, needle.haystack, needle.needle, context_tokens, depth * 100,
+                                buffer=0)
+        prompt = f"\nBased on the content of the book, Question: {needle.question}\nAnswer:"
+        samples.append((context, prompt))
+    return samples
+
+
+def run(model, params, out_dir=None):
+    """Report entry: context-aware divergence of every head on the needle prompts."""
+    p = {**DEFAULT_PARAMS, **(params or {})}
+    samples = needle_samples(model, context_tokens=p["context_tokens"], depth=p["depth"])
+    scores, per_token = context_divergence(model, samples, n_generate=p["n_generate"])
+    return {"scores": scores, "per_token": per_token}

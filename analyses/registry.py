@@ -101,6 +101,9 @@ _SPECS = [
         "safety", "Safety heads: Ships, Sahara and the refusal check (Zhou et al. 2025)",
         run="interp.analyses.refusal:run", default_params="interp.analyses.refusal:DEFAULT_PARAMS",
         data_files="interp.analyses.refusal:data_files", in_default=False),
+    AnalysisSpec(
+        "divergence", "Context-aware head divergence on the needle prompts (text analogue of VHD, He et al. 2025)",
+        run="interp.analyses.head_divergence:run", default_params="interp.analyses.head_divergence:DEFAULT_PARAMS"),
     # further analyses (circuits, ...) register here
 ]
 

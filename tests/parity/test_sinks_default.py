@@ -27,6 +27,6 @@ def test_induction_heads_matter(default_model):
     probe = head_detector.induction_probe(default_model, 4, 100, seed=1)
     ind = head_detector.head_scores(default_model, probe)["induction_head"]
     ev = head_detector.induction_probe(default_model, 4, 100, seed=2)
-    res = head_detector.ablation_check(default_model, ind, ev, k=5, n_random=3, seed=0)
-    assert res["dloss_top"] > 0.5, res  # nats on the repeated half
-    assert res["dloss_top"] > 2 * max(res["dloss_random"], 0.0), res
+    res = head_detector.ablation_check(default_model, ind, ev, k=5, n_random=5, seed=0)
+    assert res["dloss_top"] > 2.0, res  # nats on the repeated half (9.2 at 8 sequences)
+    assert res["dloss_top"] > 2 * max(res["dloss_random"], 0.0), res  # 9.2 vs 2.2 nats at 8 sequences

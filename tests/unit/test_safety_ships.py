@@ -160,3 +160,17 @@ def test_ships_dataset_shapes_and_errors(tiny_llama, tmp_path):
         ships_kl(tiny_llama, "x", heads=[(5, 0)])
     with pytest.raises(ValueError, match="unknown ablation"):
         ships_kl(tiny_llama, "x", method="drop")
+
+
+def test_scale_ablation_agrees_with_the_uniform_attention_intervention():
+    from interp.interventions import UniformAttention
+
+    m = sharp("qwen2")
+    got = ships_kl(m, PROMPT, heads=[(0, 2), (1, 1)])
+    ids = ids_of(m)
+    clean = last_logprobs(m, ids)
+    for layer, head in [(0, 2), (1, 1)]:
+        with m.intervene(UniformAttention(layer, head, eps=1e-5)):
+            ab = last_logprobs(m, ids)
+        want = float((clean.exp() * (clean - ab)).sum())
+        assert want > 1e-4 and got[layer, head].item() == pytest.approx(want, rel=2e-4)
