@@ -38,9 +38,9 @@ def parse(argv=None):
 
 def main(argv=None, model=None):
     import torch
-    from interp.analyses import retrieval
 
     import interp
+    from interp.analyses import retrieval
 
     a = parse(argv)
     torch.set_num_threads(a.threads)

@@ -17,9 +17,10 @@ def test_sink_rate_conditions(default_model):
     for cond in ("prose", "random", "repeated"):
         ids = sinks.condition_samples(default_model, cond, 20, 64, seed=0)
         rates[cond] = sinks.sink_rate(sinks.sink_alpha(default_model, ids), 0.3)
-    # the first token is a sink in most (sample, layer, head) triples on natural text (73 % at 100 samples)
-    assert 50 < rates["prose"] < 95, rates
-    assert rates["random"] > 30, rates  # sinks persist on random tokens (Gu et al.)
+    # at 100 samples: prose 73.1 %, random 78.2 %, repeated 0.0 % (every α_1 <= 0.3 on a repeated token)
+    assert rates["prose"] > 50 and rates["random"] > 50, rates  # sinks persist on random tokens (Gu et al.)
+    assert rates["repeated"] < 10, rates
+    assert rates["repeated"] < min(rates["prose"], rates["random"]) - 40, rates
 
 
 @pytest.mark.slow

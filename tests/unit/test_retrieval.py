@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from interp.analyses import retrieval
 
+from interp.analyses import retrieval
 from interp.testing import tiny_model
 
 # --- scoring on hand-made argmax sequences ----------------------------------------------------------------
