@@ -79,7 +79,7 @@ def context_divergence(model, samples, *, n_generate: int = 8, generated_only: b
 
     samples: list of ``(context, prompt)`` strings. Returns ``(scores, per_token)``: the score table (scores
     ``context_l2``, ``context_cos``, ``context_rel``; mean over suffix tokens) and a per-token DataFrame
-    (sample, token, is_generated, layer, head, l2, cos, rel).
+    (sample, token_index, is_generated, layer, head, l2, cos, rel).
     """
     if not samples:
         raise ValueError("context_divergence needs at least one (context, prompt) sample")
@@ -89,8 +89,14 @@ def context_divergence(model, samples, *, n_generate: int = 8, generated_only: b
     for i, (context, prompt) in enumerate(samples):
         if not prompt:
             raise ValueError(f"sample {i}: the prompt (the shared suffix) is empty")
-        ctx = tok(context, add_special_tokens=True)["input_ids"]
+        ctx = list(tok(context, add_special_tokens=True)["input_ids"])
         suffix = tok(prompt, add_special_tokens=False)["input_ids"]
+        room = model.shape.n_ctx - len(suffix) - n_generate - len(bos) if model.shape.n_ctx else None
+        if room is not None and room < 1:
+            raise ValueError(f"sample {i}: prompt ({len(suffix)} tokens) + {n_generate} generated tokens leave no "
+                             f"room for a context in {model.name}'s {model.shape.n_ctx}-token window")
+        if room is not None and len(ctx) - len(bos) > room:  # keep the context's end (and BOS)
+            ctx = ctx[:len(bos)] + ctx[len(ctx) - room:]
         with_ids = torch.tensor([ctx + suffix])
         model.check_tokens(with_ids)
         gen = greedy_continuation(model, with_ids, n_generate)
@@ -101,7 +107,7 @@ def context_divergence(model, samples, *, n_generate: int = 8, generated_only: b
         L, T, H = d["l2"].shape
         li, ti, hi = torch.meshgrid(torch.arange(L), torch.arange(T), torch.arange(H), indexing="ij")
         per_token.append(pd.DataFrame({
-            "sample": i, "token": ti.reshape(-1).numpy(), "is_generated": (ti >= T - len(gen)).reshape(-1).numpy(),
+            "sample": i, "token_index": ti.reshape(-1).numpy(), "is_generated": (ti >= T - len(gen)).reshape(-1).numpy(),
             "layer": li.reshape(-1).numpy(), "head": hi.reshape(-1).numpy(),
             **{k: v.reshape(-1).double().numpy() for k, v in d.items()}}))
     per_token = pd.concat(per_token, ignore_index=True)

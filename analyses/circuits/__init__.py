@@ -22,3 +22,18 @@ from .tasks import Task, TaskTokens, ioi_task, kl_to_clean, logit_diff
 __all__ = ["Circuit", "FaithfulnessCurve", "Task", "TaskTokens", "acdc", "acdc_order", "circuit_figure",
            "circuit_metric", "dla", "dla_nodes", "eap", "eap_ig", "eap_ig_scores", "eap_scores", "faithfulness",
            "faithfulness_curve", "ioi_task", "kl_to_clean", "logit_diff"]
+
+# path patching, ablation types, All-for-One, extra tasks (appended)
+from .ablations import ABLATIONS, ablation_outputs, cama_means, faithfulness_by_ablation  # noqa: E402
+from .all_for_one import all_for_one, all_for_one_grid, all_for_one_interventions, stage_masks  # noqa: E402
+from .path_patching import path_patch, path_patch_heads  # noqa: E402
+from .tasks_extra import (  # noqa: E402
+    colored_objects_task,
+    component_reuse,
+    load_tasks,
+    numeric_comparison_task,
+)
+
+__all__ += ["ABLATIONS", "ablation_outputs", "all_for_one", "all_for_one_grid", "all_for_one_interventions",
+            "cama_means", "colored_objects_task", "component_reuse", "faithfulness_by_ablation", "load_tasks",
+            "numeric_comparison_task", "path_patch", "path_patch_heads", "stage_masks"]

@@ -322,9 +322,12 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     scores = ScoreTable.concat([parts[n]["scores"] for n in names])
     io.write_parquet(out / "scores.parquet", scores)
     io.write_csv(out / "scores.csv", scores)
-    per_token = [parts[n]["per_token"] for n in names if "per_token" in parts[n]]
+    per_token = [parts[n]["per_token"].assign(analysis=n) for n in names if "per_token" in parts[n]]
     if per_token:
-        io.write_parquet(out / "per_token.parquet", pd.concat(per_token, ignore_index=True))
+        table = pd.concat(per_token, ignore_index=True)
+        for col in table.columns[table.dtypes == object]:  # analyses may use one column name for str and int
+            table[col] = table[col].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        io.write_parquet(out / "per_token.parquet", table)
     extra = []
     for n in names:
         for table, df in parts[n].items():

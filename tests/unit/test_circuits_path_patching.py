@@ -11,11 +11,11 @@ from interp.testing import tiny_model
 
 @pytest.fixture(scope="module")
 def setup():
-    model = tiny_model("llama", n_layers=3, n_heads=4, n_kv_heads=2, seed=3)
+    model = tiny_model("llama", n_layers=3, n_heads=4, n_kv_heads=2, seed=3, dtype=torch.float64)
     torch.manual_seed(0)
-    clean = torch.randint(2, 100, (3, 7))
-    corrupt = torch.randint(2, 100, (3, 7))
-    task = TaskTokens(clean, corrupt, torch.tensor([5, 9, 11]), torch.tensor([7, 3, 20]))
+    clean = torch.randint(2, 60, (3, 7))
+    corrupt = torch.randint(2, 60, (3, 7))
+    task = TaskTokens(clean, corrupt, torch.tensor([5, 9, 11]), torch.tensor([7, 3, 21]))
     return model, task
 
 
@@ -41,15 +41,15 @@ def test_path_patch_equals_edge_patch(setup, sender, receiver, edge):
     model, task = setup
     got = path_patch(model, task.clean, task.corrupt, sender, receiver, task.metric)
     want = _edge_effect(model, task, [edge])
-    assert abs(want) > 1e-4  # the edge matters, so the comparison is not 0 == 0
-    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert abs(want) > 1e-6  # the edge matters, so the comparison is not 0 == 0
+    assert got == pytest.approx(want, rel=1e-5, abs=2e-8)
 
 
 def test_two_senders_equal_two_edges(setup):
     model, task = setup
     got = path_patch(model, task.clean, task.corrupt, ["L0H0", (1, 2)], "logits", task.metric)
     want = _edge_effect(model, task, [("L0H0", "logits", ""), ("L1H2", "logits", "")])
-    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert got == pytest.approx(want, rel=1e-5, abs=2e-8)
 
 
 def test_later_sender_has_no_effect(setup):
@@ -61,13 +61,11 @@ def test_later_sender_has_no_effect(setup):
 
 
 def test_mlps_recomputed_adds_indirect_paths(setup):
+    """freeze_mlps=False (the IOI paper's variant) also counts L0H1 → M0 → logits, so it differs."""
     model, task = setup
     direct = path_patch(model, task.clean, task.corrupt, "L0H1", "logits", task.metric)
     via = path_patch(model, task.clean, task.corrupt, "L0H1", "logits", task.metric, freeze_mlps=False)
-    want = _edge_effect(model, task, [("L0H1", "logits", ""), ("L0H1", "M0", ""), ("M0", "logits", "")])
-    assert via != pytest.approx(direct, abs=1e-6)
-    # recomputing M0 with L0H1's corrupt write only (M1, M2 frozen? no: also recomputed) — bound check only
-    assert abs(via - direct) > 0 and abs(want) > 0
+    assert abs(via - direct) > 1e-6
 
 
 def test_sweep_matches_single_calls(setup):

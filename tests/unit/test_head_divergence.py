@@ -25,7 +25,7 @@ def test_context_divergence_matches_explicit_head_outputs():
     tok = m.tokenizer
     ctx = tok(context)["input_ids"]
     suffix = tok(prompt, add_special_tokens=False)["input_ids"]
-    gen = per_token["token"].max() + 1 - len(suffix)
+    gen = per_token["token_index"].max() + 1 - len(suffix)
     assert gen == 3
     # regenerate the continuation independently with a plain greedy loop
     ids = ctx + suffix
