@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .hooks import causal_bool_mask
+from .hooks import causal_bool_mask, native_modules
 
 
 @dataclass(frozen=True)
@@ -249,6 +249,14 @@ def _attention(model, layer: int, q_in, k_in, v_in, cos_sin):
 def run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
               corrupt: torch.Tensor | None = None, removed: torch.Tensor | None = None,
               keep_streams: bool = False) -> GraphRun:
+    """Edge-level forward (see ``_run_graph``), on the native HF modules even if a TL bridge wrapped them."""
+    with native_modules(model.hf):
+        return _run_graph(model, ids, embeds=embeds, corrupt=corrupt, removed=removed, keep_streams=keep_streams)
+
+
+def _run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None,
+               corrupt: torch.Tensor | None = None, removed: torch.Tensor | None = None,
+               keep_streams: bool = False) -> GraphRun:
     """Edge-level forward of ``model`` (an ``interp.Model``) on token ids ``[batch, pos]``.
 
     ``embeds [batch, pos, d_model]`` replaces the embedding output (for integrated gradients). ``corrupt``

@@ -6,7 +6,6 @@
     circ = C.eap(model, task.clean, task.corrupt, task.metric)
     curve = C.faithfulness_curve(model, task.clean, task.corrupt, circ, task.metric)
 
-Not implemented here: path patching and the All-for-One staged intervention.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 from .tasks import Task, single_token_words
@@ -168,17 +169,19 @@ def load_tasks(path, *, name: str | None = None) -> Task:
     return Task(**cols, name=name or path.stem)
 
 
-def _node_set(c, exclude) -> set:
+def _node_set(c, exclude, heads_only) -> set:
     nodes = c.nodes if hasattr(c, "nodes") else c
     if isinstance(nodes, str) or not all(isinstance(x, str) for x in nodes):
         raise TypeError(f"component_reuse needs Circuits or collections of node names, got {type(c).__name__}")
-    return set(nodes) - set(exclude)
+    out = set(nodes) - set(exclude)
+    return {x for x in out if re.match(r"^L\d+(H|KV)\d+$", x)} if heads_only else out
 
 
-def component_reuse(circuit_a, circuit_b, *, exclude=("input", "logits")) -> dict:
+def component_reuse(circuit_a, circuit_b, *, exclude=("input", "logits"), heads_only: bool = False) -> dict:
     """Overlap of two circuits' node sets (``Circuit`` or node names): ``n_a, n_b, n_shared, jaccard,
-    frac_a_in_b, frac_b_in_a, shared`` (sorted list)."""
-    a, b = _node_set(circuit_a, exclude), _node_set(circuit_b, exclude)
+    frac_a_in_b, frac_b_in_a, shared`` (sorted list). ``heads_only`` keeps attention nodes (``L{l}H{h}``,
+    ``L{l}KV{j}``) and drops MLPs."""
+    a, b = _node_set(circuit_a, exclude, heads_only), _node_set(circuit_b, exclude, heads_only)
     shared, union = a & b, a | b
     return {"n_a": len(a), "n_b": len(b), "n_shared": len(shared),
             "jaccard": len(shared) / len(union) if union else float("nan"),

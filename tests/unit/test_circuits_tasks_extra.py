@@ -129,5 +129,7 @@ def test_component_reuse_by_hand():
     assert (r["n_a"], r["n_b"], r["n_shared"]) == (3, 4, 2)
     assert r["jaccard"] == pytest.approx(2 / 5) and r["frac_a_in_b"] == pytest.approx(2 / 3)
     assert r["frac_b_in_a"] == pytest.approx(2 / 4) and r["shared"] == ["L1H0", "M0"]
+    h = component_reuse(a, b, heads_only=True)  # {L0H1, L1H0} vs {L1H0, L2H3, L2H2}
+    assert (h["n_a"], h["n_b"], h["n_shared"], h["jaccard"]) == (2, 3, 1, pytest.approx(1 / 4))
     with pytest.raises(TypeError):
         component_reuse(a, 3)
