@@ -107,7 +107,8 @@ def context_divergence(model, samples, *, n_generate: int = 8, generated_only: b
         L, T, H = d["l2"].shape
         li, ti, hi = torch.meshgrid(torch.arange(L), torch.arange(T), torch.arange(H), indexing="ij")
         per_token.append(pd.DataFrame({
-            "sample": i, "token_index": ti.reshape(-1).numpy(), "is_generated": (ti >= T - len(gen)).reshape(-1).numpy(),
+            "sample": i, "token_index": ti.reshape(-1).numpy(),
+            "is_generated": (ti >= T - len(gen)).reshape(-1).numpy(),
             "layer": li.reshape(-1).numpy(), "head": hi.reshape(-1).numpy(),
             **{k: v.reshape(-1).double().numpy() for k, v in d.items()}}))
     per_token = pd.concat(per_token, ignore_index=True)

@@ -325,7 +325,8 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     per_token = [parts[n]["per_token"].assign(analysis=n) for n in names if "per_token" in parts[n]]
     if per_token:
         table = pd.concat(per_token, ignore_index=True)
-        for col in table.columns[table.dtypes == object]:  # analyses may use one column name for str and int
+        # analyses may use one column name for str and int values: store such columns as str
+        for col in [c for c in table.columns if pd.api.types.is_object_dtype(table[c])]:
             table[col] = table[col].map(lambda v: v if v is None or isinstance(v, str) else str(v))
         io.write_parquet(out / "per_token.parquet", table)
     extra = []

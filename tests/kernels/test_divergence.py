@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from interp.kernels.attention_stats.divergence import divergence_reference, pattern_divergence
 
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+
 from interp.analyses.head_divergence import context_divergence
 from interp.analyses.model_divergence import model_divergence
-
 from interp.hooks import run_with_cache
 from interp.scores import ScoreTable
 from interp.sites import Site

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from interp.analyses.vhd import VHR, select_heads, text_only, vhd_scores
 
+from interp.analyses.vhd import VHR, select_heads, text_only, vhd_scores
 from interp.model import Model
 from interp.scores import ScoreTable
 from interp.sites import Site
