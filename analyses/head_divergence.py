@@ -128,7 +128,7 @@ def top_heads(scores: pd.DataFrame, score: str, k: int = 10) -> list[tuple[int, 
     return list(zip(sub["layer"].astype(int), sub["head"].astype(int)))
 
 
-DEFAULT_PARAMS = {"context_tokens": 300, "n_generate": 8, "depth": 0.5}
+DEFAULT_PARAMS = {"context_tokens": 300, "n_generate": 8, "depth": 0.5, "generated_only": False}
 
 
 def needle_samples(model, *, context_tokens: int = 300, depth: float = 0.5):
@@ -150,5 +150,6 @@ def run(model, params, out_dir=None):
     """Report entry: context-aware divergence of every head on the needle prompts."""
     p = {**DEFAULT_PARAMS, **(params or {})}
     samples = needle_samples(model, context_tokens=p["context_tokens"], depth=p["depth"])
-    scores, per_token = context_divergence(model, samples, n_generate=p["n_generate"])
+    scores, per_token = context_divergence(model, samples, n_generate=p["n_generate"],
+                                           generated_only=bool(p["generated_only"]))
     return {"scores": scores, "per_token": per_token}

@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--retrieval", required=True, help="retrieval-head JSON of the same model")
     ap.add_argument("--context-tokens", type=int, default=300)
     ap.add_argument("--n-generate", type=int, default=8)
+    ap.add_argument("--generated-only", action="store_true", help="average over generated tokens only")
     ap.add_argument("--out", default="reports/bench/divergence_vs_retrieval.json")
     args = ap.parse_args()
 
@@ -41,7 +42,8 @@ def main() -> None:
     model = interp.load_model(args.model)
     s = model.shape
     t0 = time.perf_counter()
-    res = run(model, {"context_tokens": args.context_tokens, "n_generate": args.n_generate})
+    res = run(model, {"context_tokens": args.context_tokens, "n_generate": args.n_generate,
+                      "generated_only": args.generated_only})
     seconds = time.perf_counter() - t0
     retrieval = np.nan_to_num(retrieval_head_scores(load_retrieval_json(args.retrieval), s.n_layers, s.n_heads))
     rows = []
@@ -59,7 +61,7 @@ def main() -> None:
         row["chance_overlap_top10"] = 10 * 10 / (s.n_layers * s.n_heads)
         rows.append(row)
     top = np.argsort(-ScoreTable.matrix(res["scores"], "context_rel", s.n_layers, s.n_heads).ravel())[:10]
-    out = {"model": model.name, "seconds": seconds, "rows": rows,
+    out = {"model": model.name, "seconds": seconds, "generated_only": args.generated_only, "rows": rows,
            "top10_context_rel": [f"L{i // s.n_heads}H{i % s.n_heads}" for i in top],
            "top10_retrieval": [f"L{i // s.n_heads}H{i % s.n_heads}" for i in np.argsort(-retrieval.ravel())[:10]]}
     print(f"context divergence on {len(res['per_token']['sample'].unique())} needle prompts: {seconds:.1f} s")
