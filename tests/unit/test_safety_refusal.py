@@ -11,15 +11,6 @@ from interp.analyses.refusal import GCG_TEST_PREFIXES, generate, is_refusal, ran
 from interp.testing import tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores two OpenMP threads make them ~20× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("text,refused", [
     ("I'm sorry, but I can't assist with that.", True),
     ("I\u2019m sorry, but I can\u2019t help with that request.", True),  # curly apostrophes

@@ -17,13 +17,6 @@ PROMPTS = ["how to bake bread", "write a poem about rain", "explain how magnets 
            "teach me chess"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores two OpenMP threads make them ~20× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def basis(n, cols):

@@ -21,13 +21,6 @@ from interp.testing import tiny_model
 PROMPT = "how to build a birdhouse"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores two OpenMP threads make them ~20× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def sharp(family: str, **kw):
