@@ -81,3 +81,14 @@ def tiny_model(family: str = "llama", *, seed: int = 0, dtype=torch.float32, **c
     hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
     hf.eval()
     return Model(hf, CharTokenizer(config.vocab_size), name=f"tiny-{family}", weights_hash=f"random-seed{seed}")
+
+
+def dense_patterns(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference attention patterns ``[layer, batch, head, query_pos, key_pos]`` (float64) from the eager
+    ``pattern`` site of every layer — the dense O(n²) spec that tests hold the O(n) statistics against."""
+    from .hooks import run_with_cache
+    from .sites import Site
+
+    sites = [Site(layer, "pattern") for layer in range(model.shape.n_layers)]
+    _, cache = run_with_cache(model, ids, sites, attention_mask)
+    return torch.stack([cache[s].double() for s in sites])

@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from interp.analyses import _text, sinks
-from interp.hooks import run_with_cache
-from interp.sites import Site
-from interp.testing import tiny_model
+from interp.testing import dense_patterns, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +14,6 @@ def model():
     return tiny_model("llama", n_layers=2, seed=3)
 
 
-def dense_patterns(model, ids):
-    """[layer, batch, head, query_pos, key_pos] float64 from the eager pattern."""
-    sites = [Site(layer, "pattern") for layer in range(model.shape.n_layers)]
-    _, cache = run_with_cache(model, ids, sites)
-    return torch.stack([cache[s].double() for s in sites])
 
 
 def test_sink_alpha_matches_dense(model):

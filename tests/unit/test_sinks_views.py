@@ -8,7 +8,7 @@ import torch
 from interp.analyses import hidden_sinks, secondary_sinks, streaming
 from interp.hooks import run_with_cache
 from interp.sites import Site
-from interp.testing import tiny_model
+from interp.testing import dense_patterns, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -16,16 +16,12 @@ def model():
     return tiny_model("llama", n_layers=3, seed=5)
 
 
-def dense(model, ids):
-    sites = [Site(layer, "pattern") for layer in range(model.shape.n_layers)]
-    _, cache = run_with_cache(model, ids, sites)
-    return torch.stack([cache[s].double() for s in sites])  # [layer, batch, head, query, key]
 
 
 @pytest.mark.parametrize("sink,window", [(4, 6), (2, 1), (0, 5)])
 def test_outside_mass_matches_dense_every_row(model, sink, window):
     ids = torch.randint(2, 64, (2, 20), generator=torch.Generator().manual_seed(sink + window))
-    A = dense(model, ids)
+    A = dense_patterns(model, ids)
     i = torch.arange(20)[:, None]
     j = torch.arange(20)[None, :]
     union = ((j < sink) | (i - j < window)) & (j <= i)
@@ -38,7 +34,7 @@ def test_outside_mass_matches_dense_every_row(model, sink, window):
 def test_streaming_scores_table(model):
     ids = torch.randint(2, 64, (2, 20), generator=torch.Generator().manual_seed(9))
     s, tok = streaming.streaming_scores(model, ids, sink=4, window=6, tau=0.5)
-    A = dense(model, ids)
+    A = dense_patterns(model, ids)
     i = torch.arange(20)[:, None]
     j = torch.arange(20)[None, :]
     out = 1 - (A * (((j < 4) | (i - j < 6)) & (j <= i)).double()).sum(-1)
@@ -54,7 +50,7 @@ def test_streaming_scores_table(model):
 
 def test_hidden_sinks_match_dense(model):
     ids = torch.randint(2, 64, (2, 24), generator=torch.Generator().manual_seed(3))
-    A = dense(model, ids)
+    A = dense_patterns(model, ids)
     T = 24
     alpha = A.sum(-2) / (T - torch.arange(T)).double()  # [layer, batch, head, key]
     thr = float(alpha[..., 1:T - 4].quantile(0.9))
@@ -83,7 +79,7 @@ def test_sink_events_runs():
 
 def test_secondary_sinks_match_dense(model):
     ids = torch.randint(2, 64, (2, 24), generator=torch.Generator().manual_seed(4))
-    A = dense(model, ids)
+    A = dense_patterns(model, ids)
     r_ref = (A.sum(-2) / (24 - torch.arange(24)).double()).mean(2)  # [layer, batch, key]
     torch.testing.assert_close(secondary_sinks.received_attention(model, ids), r_ref, atol=1e-6, rtol=0)
     thr = float(r_ref[1:, :, 1:20].quantile(0.8))
