@@ -3,7 +3,9 @@
 Each (method, length) runs in its own subprocess (so peak RSS is that run's own), side by side in one
 benchmark run:
   sdpa      plain HF forward with SDPA (the baseline; no statistics)
-  ours      interp.attention_stats: forward + statistics for all 30 × 9 heads, no n×n pattern
+  ours      interp.attention_stats: forward + statistics for all 30 × 9 heads, no n×n pattern (impl auto: the
+            fused CPU path — matmul tiles + compiled C sweep, reusing the flash SDPA row LSE)
+  ours_chunked  the same with impl="chunked" (torch ops only; what runs where no C compiler is available)
   hf_eager  HF forward with output_attentions=True (eager; materialises every pattern)
   tl        TransformerLens bridge run_with_cache of every hook_pattern
 Methods that would not fit (est. pattern bytes > --max-pattern-gb) are skipped and reported as such.
@@ -42,8 +44,9 @@ def _child(method: str, n: int) -> dict:
         if method == "sdpa":
             model.hf.set_attn_implementation("sdpa")
             model.hf(ids, use_cache=False)
-        elif method == "ours":
-            interp.attention_stats(model, ids, stats=STATS, sink_k=4, recent_w=64, distance_cap=64)
+        elif method in ("ours", "ours_chunked"):
+            impl = "chunked" if method == "ours_chunked" else "auto"
+            interp.attention_stats(model, ids, stats=STATS, sink_k=4, recent_w=64, distance_cap=64, impl=impl)
         elif method == "hf_eager":
             model.hf.set_attn_implementation("eager")
             out = model.hf(ids, use_cache=False, output_attentions=True)
@@ -53,14 +56,20 @@ def _child(method: str, n: int) -> dict:
             assert len(cache) == model.shape.n_layers
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": method, "n": n, "seconds": dt, "peak_rss_mb": peak, "rss_after_load_mb": base_rss,
-            "threads": torch.get_num_threads()}
+    if method == "ours":
+        from interp.kernels.attention_stats import fused_cpu
+
+        method_impl = "fused" if fused_cpu.available() else "chunked"
+    else:
+        method_impl = {"ours_chunked": "chunked"}.get(method, "")
+    return {"method": method, "impl": method_impl, "n": n, "seconds": dt, "peak_rss_mb": peak,
+            "rss_after_load_mb": base_rss, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096, 8192])
-    ap.add_argument("--methods", nargs="+", default=["sdpa", "ours", "hf_eager", "tl"])
+    ap.add_argument("--methods", nargs="+", default=["sdpa", "ours", "ours_chunked", "hf_eager", "tl"])
     ap.add_argument("--max-pattern-gb", type=float, default=12.0)
     ap.add_argument("--out", default="reports/bench/attention_stats.json")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)

@@ -1,9 +1,11 @@
-"""Benchmark: attention statistics (chunked CPU path / Triton) vs a plain causal SDPA forward.
+"""Benchmark: attention statistics (chunked / fused CPU paths, Triton) vs a plain causal SDPA forward.
 
 Synthetic layer-shaped inputs (batch 1, 9 heads, 3 kv heads, d_head 64, fp32) at several sequence lengths.
 For each n: median wall time of torch SDPA (is_causal, enable_gqa) and of ``compute_attention_stats`` for the
 typical request (lse, entropy, mass_first, col_sum, col_alpha, argmax), interleaved so that machine load hits
-both alike.  Prints a table and writes JSON to reports/bench/attention_stats_kernels.json.
+both alike, for each ``--impls``: ``chunked`` (torch ops), ``fused`` (matmul + C sweep, computing its own
+LSE) and ``fused+lse`` (given the row LSE that the flash SDPA kernel returns, as inside a model forward).
+Prints a table and writes JSON to reports/bench/attention_stats_kernels.json.
 ``--gpu``: additionally time the Triton path on an 8B-shaped layer (32 heads, 8 kv, d 128, bf16, 32K) if CUDA.
 
     python benchmarks/attention_stats_kernels.py [--n 512 2048 8192] [--reps 3] [--layers 30] [--gpu]
@@ -62,7 +64,13 @@ def bench_layer(
     v = torch.randn(1, kv, n, d, generator=g, device=device).to(dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
-    run = lambda: ast.compute_attention_stats(q, k, stats=stats, scale=d**-0.5, impl=impl)  # noqa: E731
+    lse = None
+    if impl == "fused+lse":
+        impl = "fused"
+        group = heads // kv
+        lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), 0.0, True, scale=d**-0.5)[1]
+    run = lambda: ast.compute_attention_stats(q, k, stats=stats, scale=d**-0.5, impl=impl, row_lse=lse)  # noqa: E731
     sdpa(), run()  # warm-up (and Triton compilation)
     t_sdpa, t_stats = [], []
     for _ in range(reps):
@@ -76,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, nargs="+", default=[512, 2048, 8192])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--layers", type=int, default=30, help="layers for the whole-model extrapolation")
+    ap.add_argument("--impls", nargs="+", default=["chunked", "fused", "fused+lse"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--gpu", action="store_true", help="also time Triton on an 8B-shaped layer (needs CUDA)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "attention_stats_kernels.json"))
@@ -84,16 +93,16 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     rows = []
     print(
-        f"CPU chunked, batch 1, 9 heads / 3 kv heads, d_head 64, fp32, threads={torch.get_num_threads()}, "
+        f"CPU, batch 1, 9 heads / 3 kv heads, d_head 64, fp32, threads={torch.get_num_threads()}, "
         f"stats={list(TYPICAL)}"
     )
-    print(f"{'n':>6} {'sdpa s':>9} {'stats s':>9} {'ratio':>6} {f'model({a.layers}L) stats s':>22}")
-    for n in a.n:
-        t_sdpa, t_stats = bench_layer(n, a.reps)
+    print(f"{'impl':>10} {'n':>6} {'sdpa s':>9} {'stats s':>9} {'ratio':>6} {f'model({a.layers}L) stats s':>22}")
+    for n, impl in ((n, impl) for n in a.n for impl in a.impls):
+        t_sdpa, t_stats = bench_layer(n, a.reps, impl=impl)
         rows.append(
             dict(
                 device="cpu",
-                impl="chunked",
+                impl=impl,
                 n=n,
                 heads=9,
                 kv_heads=3,
@@ -106,7 +115,7 @@ def main(argv=None):
                 model_sdpa_s=t_sdpa * a.layers,
             )
         )
-        print(f"{n:>6} {t_sdpa:>9.3f} {t_stats:>9.3f} {t_stats / t_sdpa:>6.2f} {t_stats * a.layers:>22.1f}")
+        print(f"{impl:>10} {n:>6} {t_sdpa:>9.3f} {t_stats:>9.3f} {t_stats / t_sdpa:>6.2f} {t_stats * a.layers:>22.1f}")
     if a.gpu:
         if torch.cuda.is_available():
             t_sdpa, t_stats = bench_layer(

@@ -41,6 +41,25 @@ class StatsCapture:
     def wants_lse(self) -> bool:
         return self.key_padding_mask is None
 
+    def attend(self, layer, query, key, value, *, scaling, window):
+        """Attention output ``[batch, query_pos, head, d_head]`` and this layer's statistics from one fused CPU
+        pass (``kernels/attention_stats/fused_cpu.py``), replacing SDPA + a second pass over q, k; ``None``
+        when that path does not apply (then the caller runs SDPA and ``capture``)."""
+        if layer not in self._layers or self.impl not in ("auto", "fused") or self.key_padding_mask is not None:
+            return None
+        if query.device.type != "cpu" or torch.float64 in (query.dtype, key.dtype):
+            return None
+        from interp.kernels.attention_stats import fused_cpu
+        from interp.kernels.attention_stats._spec import validate
+
+        if not (set(self.stats) <= fused_cpu.SUPPORTED and fused_cpu.available()):
+            return None
+        spec = validate(query, key, stats=self.stats, scale=scaling, token_ids=self.token_ids, window=window,
+                        **self.params)
+        out, res = fused_cpu.fused_stats(query.detach(), key.detach(), spec, v=value.detach())
+        self.results[layer] = {k: v.cpu() for k, v in res.items()}
+        return out.to(query.dtype).transpose(1, 2).contiguous()
+
     def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window):
         if layer not in self._layers:
             return

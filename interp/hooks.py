@@ -133,6 +133,7 @@ def interp_attention(module, query, key, value, attention_mask, scaling=None, dr
         key = rt.apply_bhnd(layer, "k", key)
         value = rt.apply_bhnd(layer, "v", value)
     stats_rt = next((rt for rt in rts if rt.stats is not None), None)
+    attend = getattr(stats_rt.stats, "attend", None) if stats_rt is not None else None  # fused output + stats
     need_pattern = softcap is not None or any(rt.needs(layer, "pattern") for rt in rts)
     if need_pattern:
         pattern = eager_pattern(query, key, attention_mask, scaling, softcap, window)
@@ -142,6 +143,10 @@ def interp_attention(module, query, key, value, attention_mask, scaling=None, dr
         v = value.repeat_interleave(group, dim=1) if group > 1 else value
         out = torch.matmul(pattern.to(v.dtype), v).transpose(1, 2).contiguous()
         weights = pattern
+    elif (attend is not None and attention_mask is None and softcap is None
+          and (fused := attend(layer, query, key, value, scaling=scaling, window=window)) is not None):
+        # statistics and output from the same tiles (CPU fused path); nothing left to capture
+        out, weights, stats_rt = fused, None, None
     elif _flash_lse_ok(stats_rt, query, key, attention_mask, window):
         # same kernel SDPA would use on CPU; it also returns the row log-sum-exp the statistics engine reuses
         group = query.shape[1] // key.shape[1]

@@ -5,8 +5,8 @@ For query row i (absolute position abs_i = i + query_offset) and key j:
     A_ij = softmax over allowed keys (j <= abs_i, abs_i - j < window, key not padding), in >= fp32.
 Row stats ([batch, head, query_pos]) and column stats ([batch, head, key_pos]) are reductions of A; see
 ``reference.py`` for every formula and ``_spec.py`` for the padding convention.  Implementations:
-``reference`` (dense float64 spec), ``chunked`` (CPU default, torch), ``triton`` (FlashAttention-style
-kernels).
+``reference`` (dense float64 spec), ``chunked`` (torch ops only), ``fused`` (CPU default: torch matmul per
+tile + a compiled C sweep per row, ``fused_cpu.py``), ``triton`` (FlashAttention-style kernels, GPU).
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def compute_attention_stats(
         sink_k, recent_w, distance_cap, top_k, key_set: parameters of mass_first, mass_recent, attn_distance,
             topk and mass_keyset (key_set: [batch, key_pos] bool).
         query_offset: absolute position of query row 0; default key_pos - query_pos.
-        impl: 'reference' | 'chunked' | 'triton' | 'auto' (triton on CUDA when importable, else chunked).
+        impl: 'reference' | 'chunked' | 'fused' | 'triton' | 'auto' (triton on CUDA when importable; on CPU
+            'fused' when its C kernel builds and covers the request (not float64, not topk), else 'chunked').
         memory_budget_mb: chunked-path working-set budget that sets the tile sizes.
         row_lse: optional [batch, head, query_pos] precomputed LSE; lets the chunked path skip its LSE pass
             when a row strip needs several key tiles (ignored when one tile covers the strip).
@@ -112,11 +113,29 @@ def compute_attention_stats(
     if not spec.stats:
         return {}
     if impl == "auto":
-        impl = "triton" if q.is_cuda and triton_available() else "chunked"
+        if q.is_cuda and triton_available():
+            impl = "triton"
+        else:
+            from .fused_cpu import supports
+
+            impl = "fused" if supports(q, k, spec) else "chunked"
     if impl == "reference":
         return reference_stats(q, k, spec)
     if impl == "chunked":
         return chunked_stats(q, k, spec, memory_budget_mb=memory_budget_mb)
+    if impl == "fused":
+        from .fused_cpu import SUPPORTED, fused_stats, load
+
+        if q.device.type != "cpu":
+            raise ValueError("impl='fused' is the CPU path; use impl='triton' (or 'auto') for CUDA tensors")
+        if not spec.stats <= SUPPORTED:
+            raise ValueError(f"impl='fused' does not compute {sorted(spec.stats - SUPPORTED)}; use impl='chunked'")
+        if torch.float64 in (q.dtype, k.dtype):
+            raise ValueError("impl='fused' computes in float32; use impl='chunked' for float64 inputs")
+        load()  # raises RuntimeError saying why the kernel cannot be built
+        # logits per tile: 16 MB by default; a smaller memory budget shrinks it (a tile takes ~1/16 of it)
+        tile = min(2**22, max(2**12, int(memory_budget_mb * 2**20) // 64))
+        return fused_stats(q, k, spec, tile_elems=tile)
     if not triton_available():
         raise ValueError("impl='triton' requested but triton is not importable")
     if not q.is_cuda:

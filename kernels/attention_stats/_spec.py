@@ -38,7 +38,7 @@ ROW_STATS = (
 COL_STATS = ("col_sum", "col_alpha", "col_entropy")
 VALID_STATS = ROW_STATS + COL_STATS
 TOKEN_STATS = frozenset({"duplicate", "induction"})
-IMPLS = ("auto", "reference", "chunked", "triton")
+IMPLS = ("auto", "reference", "chunked", "fused", "triton")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

@@ -77,3 +77,34 @@ def test_bridge_bad_input():
         interp.attention_stats(m, torch.ones(1, 4, dtype=torch.long), stats=["lse"], layers=[7])
     with pytest.raises(ValueError, match="longer than"):
         interp.attention_stats(m, torch.ones(1, 300, dtype=torch.long), stats=["lse"])
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_fused_path_gives_the_forward_output_and_the_stats(family, monkeypatch):
+    """On CPU without padding the fused path replaces SDPA: the model's logits must not change, the statistics
+    must equal those of the SDPA + second-pass route, and the fused path must really have run."""
+    from interp.kernels.attention_stats import fused_cpu
+
+    if not fused_cpu.available():
+        pytest.skip("no C compiler")
+    m = tiny_model(family, n_layers=2, sliding_window=6)
+    ids = torch.randint(2, 60, (1, 24), generator=torch.Generator().manual_seed(3))
+    calls = []
+    real = fused_cpu.fused_stats
+    monkeypatch.setattr(fused_cpu, "fused_stats", lambda *a, **kw: calls.append(kw.get("v") is not None)
+                        or real(*a, **kw))
+    stats = ["entropy", "col_alpha", "argmax", "induction", "attn_distance"]
+    cap = interp.attention.StatsCapture(stats, layers=[0, 1], token_ids=ids, key_padding_mask=None, impl="auto",
+                                        memory_budget_mb=256, params={"distance_cap": 8})
+    plain = m.logits(ids)
+    with torch.no_grad(), m.hooks({}, stats=cap):
+        fused_logits = m.hf(ids, use_cache=False).logits
+    # output + statistics from one fused pass; gemma3's layer 0 is a sliding layer that HF hands an explicit mask,
+    # so it takes the SDPA + second-pass route (the fused kernel without v)
+    assert calls == ([True, True] if family == "llama" else [False, True])
+    torch.testing.assert_close(fused_logits, plain, rtol=1e-4, atol=1e-4)
+    two_pass = interp.attention_stats(m, ids, stats=stats, impl="chunked", distance_cap=8)
+    for i, layer in enumerate([0, 1]):
+        for name in stats:
+            torch.testing.assert_close(cap.results[layer][name].double(), two_pass[name][i].double(),
+                                       rtol=1e-5, atol=1e-5, msg=f"{name} L{layer}")
