@@ -26,9 +26,10 @@ indexes ``pos`` for residual/q/k/v/z sites and ``query_pos`` for ``pattern``):
 Heads: q/z/pattern sites are indexed by query head, k/v by KV head (``interp.sites``). Asking for a k/v site by
 ``query_head=`` on a GQA model raises an error (the KV head is shared by several query heads).
 
-Saving: ``save_interventions(path, items)`` writes JSON; tensors with ≤ ``INLINE_MAX`` elements are stored
-inline as nested lists with their dtype, larger ones in ``<path>.safetensors`` beside the JSON (both files
-written atomically: temp file then ``os.replace``). ``load_interventions(path)`` reads them back.
+Saving (``interp/intervention_io.py``, re-exported here): ``save_interventions(path, items)`` writes JSON;
+tensors with ≤ ``INLINE_MAX`` elements are stored inline as nested lists with their dtype, larger ones in
+``<path>.safetensors`` beside the JSON (both files written atomically: temp file then ``os.replace``).
+``load_interventions(path)`` reads them back.
 
 Validated in ``tests/unit/test_interventions.py`` against hand computations (dense float64 attention for
 ``UniformAttention``/``Knockout``, masked softmax by hand) on tiny models.
@@ -37,17 +38,11 @@ Validated in ``tests/unit/test_interventions.py`` against hand computations (den
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from .sites import Site
-
-INLINE_MAX = 4096  # tensors with at most this many elements are stored inline in JSON
 
 
 # --- positions ---------------------------------------------------------------------------------------------
@@ -131,60 +126,26 @@ class Intervention:
 
     def to_json(self, tensors: dict | None = None) -> dict:
         """A JSON-able dict. Tensors larger than ``INLINE_MAX`` go into ``tensors`` (key → tensor) when given."""
+        from . import intervention_io
+
         out = {"type": type(self).__name__}
         for f in dataclasses.fields(self):
-            out[f.name] = _encode(getattr(self, f.name), tensors)
+            out[f.name] = intervention_io.encode(getattr(self, f.name), tensors)
         return out
 
     @staticmethod
     def from_json(d: dict, tensors: dict | None = None) -> Intervention:
+        from . import intervention_io
+
         kind = d.get("type")
         if kind not in _TYPES:
             raise ValueError(f"unknown intervention type {kind!r}; known: {', '.join(_TYPES)}")
         cls = _TYPES[kind]
-        kw = {f.name: _decode(d[f.name], tensors) for f in dataclasses.fields(cls) if f.name in d}
+        kw = {f.name: intervention_io.decode(d[f.name], tensors) for f in dataclasses.fields(cls) if f.name in d}
         return cls(**kw)
 
     def compile(self, model) -> list[tuple[Site, object]]:  # pragma: no cover - overridden
         raise NotImplementedError
-
-
-def _encode(v, tensors):
-    if isinstance(v, Site):
-        return {"site": [v.layer, v.component, v.head]}
-    if isinstance(v, torch.Tensor):
-        if tensors is not None and v.numel() > INLINE_MAX:
-            key = f"t{len(tensors)}"
-            tensors[key] = v.detach().cpu().contiguous()
-            return {"tensor_ref": key}
-        return {"tensor": v.detach().cpu().tolist(), "dtype": str(v.dtype).replace("torch.", "")}
-    if isinstance(v, slice):
-        return {"slice": [v.start, v.stop, v.step]}
-    if isinstance(v, tuple):
-        return [_encode(x, tensors) for x in v]
-    if isinstance(v, Intervention):
-        return v.to_json(tensors)
-    return v
-
-
-def _decode(v, tensors):
-    if isinstance(v, dict):
-        if "type" in v:
-            return Intervention.from_json(v, tensors)
-        if "site" in v:
-            return Site(*v["site"])
-        if "tensor" in v:
-            return torch.tensor(v["tensor"], dtype=getattr(torch, v["dtype"]))
-        if "tensor_ref" in v:
-            if tensors is None or v["tensor_ref"] not in tensors:
-                raise ValueError(f"tensor {v['tensor_ref']!r} is stored beside the JSON; load it with "
-                                 "load_interventions(path) so the .safetensors file is read too")
-            return tensors[v["tensor_ref"]]
-        if "slice" in v:
-            return slice(*v["slice"])
-    if isinstance(v, list):
-        return tuple(_decode(x, tensors) for x in v)
-    return v
 
 
 # --- site resolution (validation, query_head= for KV sites) -------------------------------------------------
@@ -498,49 +459,7 @@ def compile_interventions(model, interventions) -> dict[Site, list]:
     return out
 
 
-# --- saving ------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_interventions(path, interventions) -> None:
-    """Write ``interventions`` to ``path`` (JSON); large tensors to ``path + '.safetensors'`` beside it."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
-    items = [it if isinstance(it, Intervention) else compose(it) for it in items]  # compose type-checks
-    tensors: dict = {}
-    doc = {"format": "interp.interventions/1", "items": [it.to_json(tensors) for it in items]}
-    text = json.dumps(doc, indent=1)
-    side = path.with_name(path.name + ".safetensors")
-    if tensors:
-        _atomic_write(side, lambda tmp: save_file(tensors, tmp))
-    elif side.exists():
-        os.remove(side)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def load_interventions(path) -> list[Intervention]:
-    """Read interventions written by ``save_interventions``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no intervention file at {path}")
-    doc = json.loads(path.read_text())
-    if not isinstance(doc, dict) or doc.get("format") != "interp.interventions/1":
-        raise ValueError(f"{path} is not an interp interventions file (missing format 'interp.interventions/1')")
-    side = path.with_name(path.name + ".safetensors")
-    tensors = None
-    if side.exists():
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(side))
-    return [Intervention.from_json(d, tensors) for d in doc["items"]]
+# re-exported (the implementation lives in intervention_io.py, which imports this module lazily)
+from .intervention_io import INLINE_MAX as INLINE_MAX  # noqa: E402
+from .intervention_io import load_interventions as load_interventions  # noqa: E402
+from .intervention_io import save_interventions as save_interventions  # noqa: E402
