@@ -36,3 +36,14 @@ from .tasks_extra import (  # noqa: E402
 __all__ += ["ABLATIONS", "ablation_outputs", "all_for_one", "all_for_one_grid", "all_for_one_interventions",
             "cama_means", "colored_objects_task", "component_reuse", "faithfulness_by_ablation", "load_tasks",
             "numeric_comparison_task", "path_patch", "path_patch_heads", "stage_masks"]
+
+# IOI head classes by path patching (appended)
+from .ioi_classes import (  # noqa: E402
+    attention_stats,
+    direct_path_effects,
+    edge_path_effects,
+    head_patterns,
+    ioi_positions,
+)
+
+__all__ += ["attention_stats", "direct_path_effects", "edge_path_effects", "head_patterns", "ioi_positions"]
