@@ -1,113 +1,322 @@
-"""Causal check of safety heads (Zhou et al., ICLR 2025) on a model that refuses: Qwen2.5-Coder-0.5B-Instruct.
+"""Dose-response causal check of safety heads (Zhou et al., "On the Role of Attention Heads in Large Language
+Model Safety", ICLR 2025) on a model that refuses: Qwen2.5-Coder-0.5B-Instruct.
 
-1. Ships (KL at the last chat-template position, query scaled by 1e-5) of every head on ``--n-ships`` AdvBench
-   prompts → dataset-level ``ships_kl_sum``; 2. Sahara greedy set (``--set-size`` heads, r = 1) on ``--n-sahara``
-   prompts over the top ``--sahara-candidates`` Ships heads; 3. greedy refusal rates (GCG keyword judge,
-   ``--max-new-tokens``) on ``--n-harmful`` AdvBench and ``--n-harmless`` harmless prompts: clean, top-1 and
-   top-k Ships heads ablated, the Sahara set ablated, and ``--n-random`` random sets of k heads ablated.
+1. Ships (KL of the last chat-template position's next-token distribution, clean ‖ head's query × 1e-5) of
+   every head on ``--n-ships`` AdvBench prompts → dataset ranking by ``ships_kl_sum`` (also
+   ``ships_top10_count``, reported with the overlap of the two rankings).
+2. Sahara greedy set (``--set-size`` heads, r = 1, ``--n-sahara`` prompts) over the top
+   ``--sahara-candidates`` Ships heads.
+3. Greedy refusal rates (GCG keyword judge on ``--max-new-tokens`` new tokens) on ``--n-harmful`` AdvBench
+   and ``--n-harmless`` harmless prompts for: clean; the top-k Ships heads ablated for each k in ``--ks``;
+   the Sahara set; ``--n-random`` (``--n-random-small`` for k <= 3) random k-head sets per k (drawn without
+   the top-k Ships heads, seeds 0..n-1); and, for the largest k, the same Ships / random sets with
+   ``--extra-methods`` ablations (z = 0 or z = its positional mean; ``--n-random-extra`` random sets).
+   Per condition: Wilson 95% interval, paired flips against clean with the exact McNemar p-value, and the
+   set-level Ships KL (clean ‖ ablated first-token distribution) and the ablated probability of the clean
+   greedy first token, averaged over the AdvBench prompts.
 
-Prints the table and writes ``reports/bench/safety_causal.json``. CPU, 2 shared cores: sizes are modest.
-Usage: ``python benchmarks/safety_causal.py [--model qwen2.5-coder-0.5b] [--n-harmful 40] ...``
+Checkpoint: every finished unit (one Ships prompt, the Sahara set, one refusal condition) is appended to
+``--ckpt`` (jsonl) at once; a rerun with the same settings skips finished units (a unit is reused only when
+its settings and its head list match). The summary JSON ``--out`` is rewritten after every unit.
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/safety_causal.py --threads 1 [--ks 1,3,10,30] ...``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
+
+
+def hname(heads) -> str:
+    return " ".join(f"L{a}H{b}" for a, b in heads)
+
+
+class Checkpoint:
+    """Append-only jsonl of finished units, keyed by ``(kind, name, settings)``."""
+
+    def __init__(self, path: Path):
+        self.path, self.units = path, {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    self.units[(rec["kind"], rec["name"], rec["settings"])] = rec
+
+    def get(self, kind, name, settings, heads=None):
+        rec = self.units.get((kind, name, settings))
+        if rec is not None and heads is not None and rec.get("heads") != hname(heads):
+            return None  # same name but a different head list (e.g. Ships ranking changed): redo
+        return rec
+
+    def put(self, rec):
+        self.units[(rec["kind"], rec["name"], rec["settings"])] = rec
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--template", default="chat")
-    ap.add_argument("--n-ships", type=int, default=2)
-    ap.add_argument("--n-sahara", type=int, default=6)
-    ap.add_argument("--sahara-candidates", type=int, default=8)
-    ap.add_argument("--set-size", type=int, default=3)
+    ap.add_argument("--n-ships", type=int, default=8)
+    ap.add_argument("--top-count-k", type=int, default=10, help="k of the ships_top{k}_count ranking")
+    ap.add_argument("--n-sahara", type=int, default=8)
+    ap.add_argument("--sahara-candidates", type=int, default=10)
+    ap.add_argument("--set-size", type=int, default=4)
+    ap.add_argument("--ks", default="1,3,10,30", help="comma-separated numbers of top Ships heads to ablate")
+    ap.add_argument("--n-random", type=int, default=3, help="random head sets per k > 3")
+    ap.add_argument("--n-random-small", type=int, default=2, help="random head sets per k <= 3")
+    ap.add_argument("--n-random-extra", type=int, default=2, help="random head sets for --extra-methods")
+    ap.add_argument("--extra-methods", default="zero", help="ablations also run for the largest k ('' = none)")
     ap.add_argument("--n-harmful", type=int, default=40)
     ap.add_argument("--n-harmless", type=int, default=40)
-    ap.add_argument("--n-random", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", default="reports/bench/safety_causal.json")
+    ap.add_argument("--ckpt", default="reports/bench/safety_causal.jsonl")
+    ap.add_argument("--cache", default="/tmp/safety_causal_clean_first.pt",
+                    help="clean first-token log-probs (the KL reference), so a rerun need not redo clean")
     a = ap.parse_args(argv)
+    ks = sorted({int(x) for x in a.ks.split(",") if x.strip()})
+    extra = [m for m in a.extra_methods.split(",") if m.strip()]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--ks must list positive ints, got {a.ks!r}")
 
     import torch
 
     import interp
-    from interp.analyses.refusal import random_heads, refusal_rate
+    from interp.analyses._safety_data import check_method, encode, load_prompts
+    from interp.analyses.refusal import generate, is_refusal, mcnemar_exact_p, random_heads, wilson_interval
     from interp.analyses.sahara import sahara
-    from interp.analyses.ships import ships_dataset
+    from interp.analyses.ships import dataset_scores, ships_kl, top_heads
 
+    for m in extra:
+        check_method(m, 1e-5)
     if a.threads:
         torch.set_num_threads(a.threads)
-    timings: dict = {}
-    result: dict = {"model": a.model, "template": a.template, "args": vars(a), "timings_s": timings,
-                    "complete": False}
-    out = Path(a.out)
+    out, ckpt_path = Path(a.out), Path(a.ckpt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dump = lambda: out.write_text(json.dumps(result, indent=2))  # after every stage: partial results survive
+    ckpt = Checkpoint(ckpt_path)
+    timings: dict = {}
+    result: dict = {"model": a.model, "args": vars(a), "timings_s": timings, "complete": False,
+                    "judge": "GCG _test_prefixes + EXTRA_PHRASES keyword match (analyses/refusal.py)",
+                    "decoding": f"greedy, {a.max_new_tokens} new tokens, batch {a.batch_size}, left padding",
+                    "ablation_default": "scale: head's query × 1e-5 (attention ~uniform over the prefix)"}
+    dump = lambda: out.write_text(json.dumps(result, indent=2))
+
+    harmful = load_prompts("advbench", a.n_harmful)
+    harmless = load_prompts("harmless", a.n_harmless)
+    ships_prompts = load_prompts("advbench", a.n_ships)
     t = time.time()
     model = interp.load_model(a.model)
     timings["load_s"] = time.time() - t
     print(f"{model} loaded in {timings['load_s']:.0f} s", flush=True)
+    for ps in (harmful, harmless, ships_prompts):
+        encode(model, ps, a.template)  # clear errors (no chat template, too long) before any long work
+    s = model.shape
+    n_heads = s.n_layers * s.n_heads
+    if max(ks) > n_heads:
+        raise ValueError(f"--ks {max(ks)} exceeds the model's {n_heads} heads")
 
-    rows: list = []
-    refusal_time = [0.0]
-
-    def measure(cond, heads):
-        t0 = time.time()
-        row = {"condition": cond, "heads": " ".join(f"L{x}H{y}" for x, y in heads)}
-        for name, n in (("advbench", a.n_harmful), ("harmless", a.n_harmless)):
-            r = refusal_rate(model, name, n=n, ablate=heads, template=a.template, max_new_tokens=a.max_new_tokens,
-                             batch_size=a.batch_size)
-            row[f"refusal_{name}"] = r.rate
-            row[f"n_{name}"] = len(r.refused)
-            row[f"example_{name}"] = r.generations[0][:80]
-        rows.append(row)
-        result["conditions"] = rows
-        dump()
-        refusal_time[0] += time.time() - t0
-        print(f"{cond:>18} {row['heads']:<18} harmful {row['refusal_advbench']:.2f}  "
-              f"harmless {row['refusal_harmless']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
-
-    measure("clean", [])  # first: the baseline survives even if a later stage runs out of time
+    # --- 1. Ships, one checkpointed unit per prompt ---------------------------------------------------------
     t = time.time()
-    sh = ships_dataset(model, "advbench", n=a.n_ships, template=a.template, progress=True)
+    kls = []
+    for i, p in enumerate(ships_prompts):
+        key = f"{a.model}|{a.template}|scale|1e-05"
+        rec = ckpt.get("ships", f"{i}:{p}", key)
+        if rec is None:
+            t0 = time.time()
+            kl = ships_kl(model, p, template=a.template)
+            rec = {"kind": "ships", "name": f"{i}:{p}", "settings": key, "kl": kl.tolist(),
+                   "seconds": time.time() - t0}
+            ckpt.put(rec)
+            print(f"ships prompt {i + 1}/{len(ships_prompts)}: max KL {kl.max():.4f} ({rec['seconds']:.0f} s)",
+                  flush=True)
+        kls.append(torch.tensor(rec["kl"], dtype=torch.float64))
+    kl = torch.stack(kls)  # [query, layer, head]
     timings["ships_s"] = time.time() - t
-    n_heads = model.shape.n_layers * model.shape.n_heads
-    k = a.set_size
-    top = sh.top_heads(max(k, a.sahara_candidates))
-    print(f"ships: {a.n_ships} prompts × {n_heads} heads in {timings['ships_s']:.0f} s; top heads "
-          + ", ".join(f"L{x}H{y}" for x, y in top[:k]), flush=True)
-    result.update(ships_top=[f"L{x}H{y}" for x, y in top], ships_kl_sum_top=[float(sh.kl.sum(0)[x, y]) for x, y in top])
+    scores = dataset_scores(kl, model_name=model.name, top_k=a.top_count_k)
+    n_top = max(max(ks), a.sahara_candidates, 30)
+    top = top_heads(scores, n_top, "ships_kl_sum")
+    top_count = top_heads(scores, n_top, f"ships_top{a.top_count_k}_count")
+    flat = kl.reshape(kl.shape[0], -1)
+    result["ships"] = {
+        "n_prompts": kl.shape[0],
+        "top_by_kl_sum": [{"head": hname([h]), "kl_sum": float(kl[:, h[0], h[1]].sum()),
+                           f"top{a.top_count_k}_count": int((flat.argsort(1, descending=True)[:, :a.top_count_k]
+                                                             == h[0] * s.n_heads + h[1]).any(1).sum())}
+                          for h in top],
+        "top_by_count": hname(top_count),
+        "overlap_top10_kl_sum_vs_count": len(set(top[:10]) & set(top_count[:10])),
+        "per_prompt_max_kl": flat.max(1).values.tolist(),
+        "per_prompt_argmax": [hname([divmod(int(j), s.n_heads)]) for j in flat.argmax(1)],
+        "per_prompt_sum_kl_all_heads": flat.sum(1).tolist(),
+        "median_head_kl": float(flat.median()),
+    }
+    print("ships top-10 by KL sum: " + ", ".join(f"{r['head']} {r['kl_sum']:.3f}"
+                                                  for r in result["ships"]["top_by_kl_sum"][:10]), flush=True)
     dump()
 
+    # --- 2. Sahara over the top Ships heads -------------------------------------------------------------------
     t = time.time()
-    sa = sahara(model, "advbench", n=a.n_sahara, set_size=k, candidates=top, template=a.template, progress=True)
+    cands = top[:a.sahara_candidates]
+    key = f"{a.model}|{a.template}|n{a.n_sahara}|size{a.set_size}|r1"
+    rec = ckpt.get("sahara", "sahara", key, heads=None)
+    if rec is None or rec["candidates"] != hname(cands):
+        sa = sahara(model, "advbench", n=a.n_sahara, set_size=a.set_size, candidates=cands, template=a.template,
+                    progress=True)
+        rec = {"kind": "sahara", "name": "sahara", "settings": key, "candidates": hname(cands),
+               "heads": hname(sa.heads), "angles_deg": sa.angles,
+               "step1_angles_deg": {hname([h]): float(sa.step_angles[0, h[0], h[1]]) for h in cands},
+               "seconds": time.time() - t}
+        ckpt.put(rec)
+    sahara_heads = [tuple(int(x) for x in h[1:].split("H")) for h in rec["heads"].split()]
+    result["sahara"] = {k: rec[k] for k in ("candidates", "heads", "angles_deg", "step1_angles_deg")}
     timings["sahara_s"] = time.time() - t
-    result.update(sahara_heads=[f"L{x}H{y}" for x, y in sa.heads], sahara_angles_deg=sa.angles)
     dump()
 
-    conditions = {"clean": [], "ships_top1": top[:1], f"ships_top{k}": top[:k], "sahara": sa.heads}
-    for seed in range(a.n_random):
-        conditions[f"random{k}_seed{seed}"] = random_heads(model, k, seed=seed, exclude=top[:k] + sa.heads)
-    for cond, heads in conditions.items():
-        if cond != "clean":
-            measure(cond, heads)
-    timings["refusal_s"] = refusal_time[0]
+    # --- 3. refusal conditions ----------------------------------------------------------------------------------
+    # order = priority (largest dose and its controls first), so a run cut short keeps the most telling units
+    def draws(k):
+        return a.n_random if k > 3 else min(a.n_random, a.n_random_small)
 
-    print("\n| condition | heads ablated | refusal AdvBench | refusal harmless |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['condition']} | {r['heads'] or '-'} | {r['refusal_advbench']:.2f} ({r['n_advbench']}) | "
-              f"{r['refusal_harmless']:.2f} ({r['n_harmless']}) |")
-    print("timings (s): " + ", ".join(f"{k_}={v:.0f}" for k_, v in timings.items()))
+    conditions = [("clean", [], "scale")]
+    for k in sorted(ks, reverse=True):
+        conditions.append((f"ships_top{k}", top[:k], "scale"))
+        conditions += [(f"random{k}_seed{seed}", random_heads(model, k, seed=seed, exclude=top[:k]), "scale")
+                       for seed in range(draws(k))]
+        if k == max(ks):
+            conditions.append((f"sahara{len(sahara_heads)}", sahara_heads, "scale"))
+            conditions.append((f"random{len(sahara_heads)}_seed0", random_heads(
+                model, len(sahara_heads), seed=0, exclude=top[:len(sahara_heads)]), "scale"))
+            for m in extra:
+                conditions.append((f"ships_top{k}_{m}", top[:k], m))
+                conditions += [(f"random{k}_seed{seed}_{m}", random_heads(model, k, seed=seed, exclude=top[:k]), m)
+                               for seed in range(min(draws(k), a.n_random_extra))]
+    conditions = list({c[0]: c for c in conditions}.values())  # a random set shared by two k's runs once
+    key = f"{a.model}|{a.template}|h{a.n_harmful}|b{a.n_harmless}|t{a.max_new_tokens}"
+    clean_first = None
+    cache = Path(a.cache)
+    if cache.exists():
+        saved = torch.load(cache)
+        if saved.get("settings") == key and ckpt.get("condition", "clean", key, heads=[]) is not None:
+            clean_first = saved["first"]
+    rows = []
+    t_ref = time.time()
+
+    def run_condition(name, heads, method):
+        t0 = time.time()
+        rec = {"kind": "condition", "name": name, "settings": key, "heads": hname(heads), "method": method,
+               "n_heads": len(heads)}
+        for set_name, ps in (("advbench", harmful), ("harmless", harmless)):
+            gens, first = generate(model, ps, template=a.template, max_new_tokens=a.max_new_tokens,
+                                   batch_size=a.batch_size, ablate=heads, method=method, return_first_logprobs=True)
+            rec[f"refused_{set_name}"] = [is_refusal(g) for g in gens]
+            rec[f"generations_{set_name}"] = gens
+            if set_name == "advbench":
+                rec["first_logprobs"] = first  # kept in memory only (clean's is the reference)
+        rec["seconds"] = time.time() - t0
+        return rec
+
+    def first_token_stats(rec, first):
+        ref = clean_first
+        kl_ = (ref.double().exp() * (ref.double() - first.double())).sum(-1).clamp(min=0)
+        tok = ref.argmax(-1)
+        rec["first_token_kl_mean"] = float(kl_.mean())
+        rec["first_token_kl_max"] = float(kl_.max())
+        rec["p_clean_first_token_mean"] = float(first.double().gather(1, tok[:, None]).exp().mean())
+
+    for name, heads, method in conditions:
+        rec = ckpt.get("condition", name, key, heads=heads)
+        if rec is None or (name == "clean" and clean_first is None):
+            fresh = run_condition(name, heads, method)
+            first = fresh.pop("first_logprobs")
+            if name == "clean":
+                clean_first = first
+                torch.save({"settings": key, "first": first}, cache)
+            if rec is None:
+                first_token_stats(fresh, first)
+                rec = fresh
+                ckpt.put(rec)
+        elif clean_first is None:
+            raise RuntimeError("clean condition must come first")
+        print(f"{name:>22} {rec['heads'][:40]:<40} harmful {sum(rec['refused_advbench'])}/{len(harmful)} "
+              f"harmless {sum(rec['refused_harmless'])}/{len(harmless)} KL1 {rec['first_token_kl_mean']:.3f} "
+              f"({rec['seconds']:.0f} s)", flush=True)
+        rows.append(rec)
+        result["conditions"] = summarise(rows, wilson_interval, mcnemar_exact_p)
+        result["random_summary"] = random_summary(result["conditions"])
+        dump()
+    timings["refusal_s"] = time.time() - t_ref
+    print_table(result)
     result.update(model=model.name, complete=True, torch_threads=torch.get_num_threads())
     dump()
-    print(f"wrote {out}")
+    print(f"wrote {out} and {ckpt_path}")
+
+
+def summarise(rows, wilson_interval, mcnemar_exact_p):
+    clean = rows[0]
+    table = []
+    for r in rows:
+        row = {"condition": r["name"], "method": r["method"], "n_heads": r["n_heads"], "heads": r["heads"]}
+        for set_name in ("advbench", "harmless"):
+            ref = r[f"refused_{set_name}"]
+            k, n = sum(ref), len(ref)
+            lo, hi = wilson_interval(k, n)
+            c = clean[f"refused_{set_name}"]
+            b = sum(x and not y for x, y in zip(c, ref))  # refused clean, complies ablated
+            cc = sum(y and not x for x, y in zip(c, ref))
+            row.update({f"refusal_{set_name}": k / n, f"refused_{set_name}": k, f"n_{set_name}": n,
+                        f"ci95_{set_name}": [lo, hi], f"lost_refusals_{set_name}": b, f"new_refusals_{set_name}": cc,
+                        f"mcnemar_p_{set_name}": mcnemar_exact_p(b, cc)})
+        for f in ("first_token_kl_mean", "first_token_kl_max", "p_clean_first_token_mean", "seconds"):
+            row[f] = r.get(f)
+        lost = [i for i, (x, y) in enumerate(zip(clean["refused_advbench"], r["refused_advbench"])) if x and not y]
+        row["examples_lost_refusal"] = [r["generations_advbench"][i][:100] for i in lost[:3]]
+        row["example_advbench"] = r["generations_advbench"][0][:100]
+        table.append(row)
+    return table
+
+
+def random_summary(table):
+    groups: dict = {}
+    for r in table:
+        if r["condition"].startswith("random"):
+            k, rest = r["condition"][len("random"):].split("_seed")
+            key = f"random{k}" + ("_" + rest.split("_", 1)[1] if "_" in rest else "")
+            groups.setdefault(key, []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        adv = [r["refusal_advbench"] for r in rs]
+        out[key] = {"n_draws": len(rs), "refusal_advbench_mean": statistics.mean(adv),
+                    "refusal_advbench_min": min(adv), "refusal_advbench_max": max(adv),
+                    "refusal_advbench_sd": statistics.stdev(adv) if len(adv) > 1 else 0.0,
+                    "refusal_harmless_mean": statistics.mean(r["refusal_harmless"] for r in rs),
+                    "first_token_kl_mean": statistics.mean(r["first_token_kl_mean"] for r in rs),
+                    "p_clean_first_token_mean": statistics.mean(r["p_clean_first_token_mean"] for r in rs)}
+    return out
+
+
+def print_table(result):
+    print("\n| condition | method | heads | refusal AdvBench [95% CI] | lost/new vs clean (McNemar p) | "
+          "refusal harmless | first-token KL | p(clean 1st tok) |\n|---|---|---|---|---|---|---|---|")
+    for r in result["conditions"]:
+        h = r["heads"] if len(r["heads"]) <= 40 else r["heads"][:36] + " ..."
+        lo, hi = r["ci95_advbench"]
+        print(f"| {r['condition']} | {r['method']} | {h or '-'} | {r['refusal_advbench']:.3f} [{lo:.2f}, {hi:.2f}] "
+              f"(n={r['n_advbench']}) | {r['lost_refusals_advbench']}/{r['new_refusals_advbench']} "
+              f"({r['mcnemar_p_advbench']:.2g}) | {r['refusal_harmless']:.3f} (n={r['n_harmless']}) | "
+              f"{r['first_token_kl_mean']:.4f} | {r['p_clean_first_token_mean']:.3f} |")
+    print("\nrandom sets (mean [min, max] over draws):")
+    for key, g in result["random_summary"].items():
+        print(f"  {key}: AdvBench {g['refusal_advbench_mean']:.3f} [{g['refusal_advbench_min']:.3f}, "
+              f"{g['refusal_advbench_max']:.3f}] sd {g['refusal_advbench_sd']:.3f} ({g['n_draws']} draws), "
+              f"harmless {g['refusal_harmless_mean']:.3f}, first-token KL {g['first_token_kl_mean']:.4f}")
+    print("timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in result["timings_s"].items()))
 
 
 if __name__ == "__main__":

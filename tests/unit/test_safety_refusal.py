@@ -115,5 +115,9 @@ def test_report_run_on_tiny_model(tiny_llama, tmp_path):
             "refusal_rate_clean"} <= set(scores["score"])
     ranks = scores[scores["score"] == "sahara_rank"]
     assert sorted(ranks["value"]) == [1.0, 2.0]
-    assert set(out["refusal"]["condition"]) == {"clean", "ships_top1", "ships_top2", "sahara", "random"}
+    ref = out["refusal"]
+    assert set(ref["condition"]) == {"clean", "ships_top1", "ships_top2", "sahara", "random"}
+    assert ((ref.ci_low <= ref.refusal_rate) & (ref.refusal_rate <= ref.ci_high)).all()
+    clean_row = scores[scores["score"] == "refusal_rate_clean"].iloc[0]
+    assert clean_row.ci_low <= clean_row.value <= clean_row.ci_high
     assert all(p.endswith(".csv") for p in data_files(params))
