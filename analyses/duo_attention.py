@@ -16,7 +16,9 @@ head iff α ≥ threshold, or the top ``1 − sparsity`` share of heads by α. �
 
 The gated attention is a dense (eager) attention function registered with transformers as ``"duo"``: fine
 for training at ~1K tokens. ``streaming_proxy`` gives the statistics-engine proxy (attention mass outside
-sink + recent per KV head, mean over its query heads) to compare with α by Spearman correlation.
+sink + recent per KV head, mean over its query heads) to compare with α by Spearman correlation; per-query-head
+scores such as retrieval scores are reduced to KV heads by ``kv_aggregate`` (max or mean over the group).
+``benchmarks/duo_compare.py`` trains α on the real model and writes the comparison.
 Validated in ``tests/unit/test_duo_attention.py``: α = 1 reproduces SDPA causal attention, α = 0 equals a
 dense float64 sink+recent masked computation, and TSV round trip.
 """
@@ -134,18 +136,38 @@ def passkey_batch(tokenizer, *, n_tokens: int = 1024, n_keys: int = 3, seed: int
 
 def train_gates(model, *, steps: int = 30, n_tokens: int = 1024, n_keys: int = 3, sink: int = 16,
                 recent: int = 64, lam: float = 0.05, lr: float = 0.02, seed: int = 0, filler: str | None = None,
-                log=None) -> DuoGates:
-    """Train α only (model weights frozen) to match full-attention final hidden states at the answer tokens."""
+                log=None, alpha_init=None, start_step: int = 0, max_seconds: float | None = None) -> DuoGates:
+    """Train α only (model weights frozen) to match full-attention final hidden states at the answer tokens.
+
+    Step t uses the passkey prompt of seed ``seed + t``. ``log(record)`` gets, after every step, ``step``,
+    ``loss``, ``distill``, ``mean_alpha``, ``seconds`` and ``alpha`` (``[layer, kv_head]`` nested list).
+    Resume a stopped run with ``alpha_init`` (``[layer, kv_head]``) and ``start_step`` (Adam's moments restart
+    from zero). ``max_seconds``: stop after the step during which this wall time was exceeded.
+    """
+    import time
+
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     gates = DuoGates(model, sink=sink, recent=recent)
+    if alpha_init is not None:
+        a0 = torch.as_tensor(np.asarray(alpha_init, dtype=np.float32))
+        if a0.shape != gates.alpha.shape:
+            raise ValueError(f"alpha_init must be [layer, kv_head] = {tuple(gates.alpha.shape)}, "
+                             f"got {tuple(a0.shape)}")
+        with torch.no_grad():
+            gates.alpha.copy_(a0.clamp(0.0, 1.0))
     opt = torch.optim.Adam([gates.alpha], lr=lr)
     hf = model.hf
     req = [p.requires_grad for p in hf.parameters()]
     for p in hf.parameters():
         p.requires_grad_(False)
+    t_start = time.perf_counter()
     try:
-        for step in range(steps):
+        for step in range(start_step, start_step + steps):
+            t0 = time.perf_counter()
             ids, pos = passkey_batch(model.tokenizer, n_tokens=n_tokens, n_keys=n_keys, seed=seed + step,
                                      filler=filler)
+            ids = ids.to(model.device)
             with torch.no_grad():
                 target = hf.model(input_ids=ids).last_hidden_state[0, pos]
             with gates.active():
@@ -159,7 +181,10 @@ def train_gates(model, *, steps: int = 30, n_tokens: int = 1024, n_keys: int = 3
                 gates.alpha.clamp_(0.0, 1.0)
             if log is not None:
                 log({"step": step, "loss": float(loss.detach()), "distill": float(distill.detach()),
-                     "mean_alpha": float(gates.alpha.mean())})
+                     "mean_alpha": float(gates.alpha.detach().mean()), "seconds": round(time.perf_counter() - t0, 2),
+                     "alpha": gates.alpha.detach().cpu().tolist()})
+            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                break
     finally:
         for p, r in zip(hf.parameters(), req):
             p.requires_grad_(r)
@@ -210,17 +235,40 @@ def spearman(a, b) -> float:
     return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
 
 
+def kv_aggregate(scores, n_kv_heads: int, how: str = "max") -> np.ndarray:
+    """Per-query-head scores ``[layer, head]`` → ``[layer, kv_head]`` by the max or mean over each KV head's
+    query heads (query head h belongs to KV head ``h // (head / kv_head)``, as ``repeat_interleave``)."""
+    s = np.nan_to_num(np.asarray(scores, dtype=float))
+    if s.ndim != 2 or s.shape[1] % n_kv_heads:
+        raise ValueError(f"scores must be [layer, head] with head divisible by n_kv_heads={n_kv_heads}, "
+                         f"got shape {s.shape}")
+    g = s.reshape(s.shape[0], n_kv_heads, -1)
+    if how == "max":
+        return g.max(-1)
+    if how == "mean":
+        return g.mean(-1)
+    raise ValueError(f"how must be 'max' or 'mean', got {how!r}")
+
+
 def compare(model, alpha, *, retrieval_scores=None, n_tokens: int = 1024, sink: int = 16, recent: int = 64,
-            seed: int = 1000) -> dict:
-    """Spearman rank correlation of α ``[layer, kv_head]`` with the engine proxy (on a fresh passkey prompt)
-    and, if given, with retrieval scores ``[layer, head]`` reduced to KV heads by the max over query heads."""
+            seed: int = 1000, n_prompts: int = 1) -> dict:
+    """Spearman rank correlations over KV heads of α ``[layer, kv_head]``, the engine proxy (mean over
+    ``n_prompts`` fresh passkey prompts, seeds ``seed, seed + 1, …``) and, if given, retrieval scores
+    ``[layer, head]`` reduced to KV heads by the max and by the mean over each group's query heads."""
     a = np.asarray(alpha.detach().cpu() if hasattr(alpha, "detach") else alpha, dtype=float)
-    ids, _ = passkey_batch(model.tokenizer, n_tokens=n_tokens, seed=seed)
-    proxy = streaming_proxy(model, ids, sink=sink, recent=recent)
+    s = model.shape
+    if a.shape != (s.n_layers, s.n_kv_heads):
+        raise ValueError(f"alpha must be [layer, kv_head] = {(s.n_layers, s.n_kv_heads)}, got {a.shape}")
+    proxies = []
+    for i in range(n_prompts):
+        ids, _ = passkey_batch(model.tokenizer, n_tokens=n_tokens, seed=seed + i)
+        proxies.append(streaming_proxy(model, ids, sink=sink, recent=recent))
+    proxy = np.mean(proxies, 0)
     out = {"spearman_alpha_proxy": spearman(a, proxy), "proxy": proxy.tolist()}
     if retrieval_scores is not None:
-        s = model.shape
-        r = np.nan_to_num(np.asarray(retrieval_scores, dtype=float)).reshape(s.n_layers, s.n_kv_heads, -1).max(-1)
-        out["spearman_alpha_retrieval"] = spearman(a, r)
-        out["spearman_proxy_retrieval"] = spearman(proxy, r)
+        for how in ("max", "mean"):
+            r = kv_aggregate(retrieval_scores, s.n_kv_heads, how)
+            out[f"retrieval_{how}"] = r.tolist()
+            out[f"spearman_alpha_retrieval_{how}"] = spearman(a, r)
+            out[f"spearman_proxy_retrieval_{how}"] = spearman(proxy, r)
     return out

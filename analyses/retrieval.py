@@ -93,7 +93,8 @@ def decode_with_argmax(model, prompt_ids, *, max_new_tokens: int = 50, handlers=
     dev = model.device
     generated, rows = [], []
     with model.hooks(handlers or {}, stats=cap):
-        out = model.hf(input_ids=torch.tensor([ids[:-1]], device=dev), use_cache=True)
+        # only the cache is needed from the prefill: skip its [pos, d_vocab] logits (large for 150k vocabularies)
+        out = model.hf(input_ids=torch.tensor([ids[:-1]], device=dev), use_cache=True, logits_to_keep=1)
         past, inp = out.past_key_values, ids[-1]
         if cap is not None:
             cap.active = True
@@ -241,42 +242,50 @@ def niah_sweep(model, *, lengths, depths, needles=None, max_new_tokens: int = 50
 
 
 def causal_check(model, scores, *, k: int, lengths, depths, needles=None, n_random: int = 2, seed: int = 0,
-                 threshold: float = 0.1, max_new_tokens: int = 50, baseline=None, buffer: int = 200,
-                 progress: bool = False):
+                 seeds=None, threshold: float = 0.1, max_new_tokens: int = 50, baseline=None, buffer: int = 200,
+                 checkpoint_prefix=None, progress: bool = False):
     """NIAH accuracy (share of samples with ROUGE-1 recall > 0.5) with no head masked, with the top-``k``
-    retrieval heads masked, and with ``k`` random non-retrieval heads masked (``n_random`` draws).
+    retrieval heads masked, and with ``k`` random non-retrieval heads (score ≤ ``threshold``) masked.
 
-    ``scores``: ``[layer, head]`` retrieval scores; ``baseline``: records of an unmasked run on the same grid
-    (reused instead of decoding again). Returns a DataFrame (condition, heads, accuracy, mean_rouge, n).
+    Random draws: one per seed in ``seeds`` (draw i samples from ``default_rng(seeds[i])``); default
+    ``seeds = [seed, seed + 1, …]`` (``n_random`` of them). ``scores``: ``[layer, head]`` retrieval scores;
+    ``baseline``: records of an unmasked run on the same grid (reused instead of decoding again).
+    ``checkpoint_prefix``: each condition checkpoints its samples to ``{prefix}_{top|rand_s<seed>}.jsonl``
+    (resumable, see ``niah.run_sweep``). Returns a DataFrame (condition, seed, heads, accuracy, mean_rouge, n,
+    rouge = per-sample ROUGE-1 recalls in grid order).
     """
     s = np.nan_to_num(np.asarray(scores, dtype=float))
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
     top = top_heads(s, threshold=None, k=k)
     non = [(l, h) for l in range(s.shape[0]) for h in range(s.shape[1]) if s[l, h] <= threshold]
     if len(non) < k:
         raise ValueError(f"only {len(non)} non-retrieval heads (score ≤ {threshold}); choose k ≤ {len(non)}")
-    rng = np.random.default_rng(seed)
-    conds = [("none", [])] if baseline is None else []
-    conds.append((f"top-{k} retrieval", top))
-    for i in range(n_random):
-        pick = rng.choice(len(non), size=k, replace=False)
-        conds.append((f"random-{k} non-retrieval #{i}", sorted(non[j] for j in pick)))
+    seeds = [seed + i for i in range(n_random)] if seeds is None else [int(x) for x in seeds]
+    conds = [("none", None, [], "none")] if baseline is None else []
+    conds.append((f"top-{k} retrieval", None, top, "top"))
+    for i, sd in enumerate(seeds):
+        pick = np.random.default_rng(sd).choice(len(non), size=k, replace=False)
+        conds.append((f"random-{k} non-retrieval #{i}", sd, sorted(non[j] for j in pick), f"rand_s{sd}"))
     rows = []
     if baseline is not None:
-        rows.append(_acc_row("none", [], baseline))
-    for name, heads in conds:
+        rows.append(_acc_row("none", None, [], baseline))
+    for name, sd, heads, slug in conds:
         if progress:
             print(f"causal check: {name} {heads}", flush=True)
+        ckpt = None if checkpoint_prefix is None else f"{os.fspath(checkpoint_prefix)}_{slug}.jsonl"
         recs = niah_sweep(model, lengths=lengths, depths=depths, needles=needles,
                           max_new_tokens=max_new_tokens, masked_heads=heads, capture=False, buffer=buffer,
-                          progress=progress)
-        rows.append(_acc_row(name, heads, recs))
+                          checkpoint=ckpt, progress=progress)
+        rows.append(_acc_row(name, sd, heads, recs))
     return pd.DataFrame(rows)
 
 
-def _acc_row(name, heads, recs) -> dict:
-    return {"condition": name, "heads": " ".join(f"L{l}H{h}" for l, h in heads),
+def _acc_row(name, seed, heads, recs) -> dict:
+    return {"condition": name, "seed": seed, "heads": " ".join(f"L{l}H{h}" for l, h in heads),
             "accuracy": float(np.mean([r["rouge"] > 0.5 for r in recs])),
-            "mean_rouge": float(np.mean([r["rouge"] for r in recs])), "n": len(recs)}
+            "mean_rouge": float(np.mean([r["rouge"] for r in recs])), "n": len(recs),
+            "rouge": [round(float(r["rouge"]), 4) for r in recs]}
 
 
 def run(model, params, out_dir) -> dict:

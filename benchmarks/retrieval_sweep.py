@@ -3,6 +3,9 @@
     python benchmarks/retrieval_sweep.py --model default --lengths 500 1000 --depths 0 50 100
     python benchmarks/retrieval_sweep.py --model qwen2.5-coder-0.5b --lengths 1000 2000 3000
 
+The causal check masks the top-k retrieval heads (uniform attention, as the paper) and, per seed, k random
+non-retrieval heads; each condition checkpoints to ``reports/bench/retrieval_<model>_causal_k<k>_*.jsonl``.
+
 Checkpoints every sample to ``reports/bench/retrieval_<model>.jsonl`` (a killed run resumes where it stopped),
 writes the paper's ``{"l-h": [scores]}`` JSON to ``reports/bench/retrieval_<model>_heads.json`` and a summary
 (top heads, accuracy, timings, causal table) to ``reports/bench/retrieval_sweep_<model>.json``.
@@ -31,8 +34,11 @@ def parse(argv=None):
     p.add_argument("--causal-lengths", type=int, nargs="*", default=None, help="default: --lengths")
     p.add_argument("--causal-depths", type=float, nargs="*", default=[50])
     p.add_argument("--causal-max-new-tokens", type=int, default=None, help="default: --max-new-tokens")
-    p.add_argument("--n-random", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--causal-needles", type=int, nargs="*", default=None, help="default: --needles")
+    p.add_argument("--n-random", type=int, default=3, help="random draws (seeds 0 … n-1) unless --seeds")
+    p.add_argument("--seeds", type=int, nargs="*", default=None, help="one random draw per seed")
+    p.add_argument("--note", default=None, help="free text stored in the summary JSON")
+    p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
 
 
@@ -66,20 +72,32 @@ def main(argv=None, model=None):
     print(f"retrieval heads (score > 0.1): {len(heads)} of {scores.size}")
     top = retrieval.top_heads(scores, threshold=None, k=15)
     print("top-15:", ", ".join(f"L{l}H{h}={scores[l, h]:.3f}" for l, h in top))
-    causal = None
+    causal = random_summary = None
     if a.k > 0 and n_kept:
         cl = a.causal_lengths or a.lengths
-        base = [r for r in recs if r["length"] in cl and r["depth"] in a.causal_depths]
+        cn = a.needles if a.causal_needles is None else a.causal_needles
+        base = [r for r in recs if r["length"] in cl and r["depth"] in a.causal_depths and r["needle_idx"] in cn]
         cmax = a.causal_max_new_tokens or a.max_new_tokens
-        if cmax != a.max_new_tokens or len(base) == 0:
+        want = len(cl) * len(a.causal_depths) * len(cn)
+        if cmax != a.max_new_tokens or len(base) != want:
             base = None
+        seeds = a.seeds if a.seeds is not None else list(range(a.n_random))
         t1 = time.perf_counter()
         causal = retrieval.causal_check(model, scores, k=a.k, lengths=cl, depths=a.causal_depths,
-                                        needles=a.needles, n_random=a.n_random, baseline=base,
-                                        max_new_tokens=cmax, progress=True)
-        print(f"\ncausal check ({time.perf_counter() - t1:.0f}s):\n{causal.to_string(index=False)}")
+                                        needles=cn, seeds=seeds, baseline=base, max_new_tokens=cmax,
+                                        checkpoint_prefix=OUT / f"retrieval_{tag}_causal_k{a.k}", progress=True)
+        causal_s = time.perf_counter() - t1
+        rnd = causal[causal.condition.str.startswith("random")]
+        random_summary = {"n_draws": len(rnd), "seeds": seeds, "mean_accuracy": float(rnd.accuracy.mean()),
+                          "std_accuracy": float(rnd.accuracy.std(ddof=1)) if len(rnd) > 1 else None,
+                          "mean_rouge": float(rnd.mean_rouge.mean())}
+        show = causal.drop(columns=["rouge"])
+        print(f"\ncausal check ({causal_s:.0f}s; lengths {cl}, depths {a.causal_depths}, needles {cn}):\n"
+              f"{show.to_string(index=False)}")
+        print(f"random draws: mean accuracy {random_summary['mean_accuracy']:.3f} over {len(rnd)} seeds {seeds}")
     summary = {
-        "model": model.name, "lengths": a.lengths, "depths": a.depths, "needles": a.needles,
+        "model": model.name, "note": a.note, "threads": a.threads,
+        "lengths": a.lengths, "depths": a.depths, "needles": a.needles,
         "n_samples": len(recs), "n_found": n_kept, "load_s": load_s, "sweep_s": sweep_s,
         "seconds_per_sample": {str(L): float(np.mean([r["seconds"] for r in recs if r["length"] == L]))
                                for L in a.lengths},
@@ -89,7 +107,12 @@ def main(argv=None, model=None):
                                for L in a.lengths},
         "retrieval_heads": [f"L{l}H{h}" for l, h in heads],
         "top15": {f"L{l}H{h}": float(scores[l, h]) for l, h in top},
+        "retrieval_heads_scores": {f"L{l}H{h}": float(scores[l, h]) for l, h in heads},
+        "top10": {f"L{l}H{h}": float(scores[l, h]) for l, h in top[:10]},
+        "causal_k": a.k, "causal_lengths": a.causal_lengths or a.lengths, "causal_depths": a.causal_depths,
+        "causal_needles": a.needles if a.causal_needles is None else a.causal_needles,
         "causal": None if causal is None else causal.to_dict(orient="records"),
+        "causal_random_summary": random_summary,
         "responses": [{k: r[k] for k in ("key", "n_tokens", "rouge", "response")} for r in recs],
     }
     (OUT / f"retrieval_sweep_{tag}.json").write_text(json.dumps(summary, indent=1))

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _official_retrieval import official_eager_decode  # tests/_official_retrieval.py
 
 from interp.analyses import retrieval
 from interp.testing import tiny_model
@@ -71,34 +72,6 @@ def _peaked(family):
     return m
 
 
-def _official_eager(model, prompt, n_steps, span):
-    """Transcription of the official decode + retrieval_calculate with HF eager attention weights."""
-    hf = model.hf
-    prev = hf.config._attn_implementation
-    hf.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = hf(input_ids=torch.tensor([prompt[:-1]]), use_cache=True)
-            past, inp = out.past_key_values, torch.tensor(prompt[-1])
-            score = np.zeros((model.shape.n_layers, model.shape.n_heads))
-            gen, att = [], []
-            for _ in range(n_steps):
-                out = hf(input_ids=inp.view(1, 1), past_key_values=past, use_cache=True,
-                         output_attentions=True)
-                past = out.past_key_values
-                inp = out.logits[0, -1].argmax()
-                gen.append(int(inp))
-                att.append([a[0, :, -1].double() for a in out.attentions])  # [layer][head, key_pos]
-                for li in range(model.shape.n_layers):
-                    for h in range(model.shape.n_heads):
-                        i = int(out.attentions[li][0][h][-1].topk(1).indices[0])
-                        if span[0] <= i < span[1] and inp.item() == prompt[i]:
-                            score[li, h] += 1 / (span[1] - span[0])
-    finally:
-        hf.set_attn_implementation(prev)
-    return gen, att, score
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
 def test_captured_argmax_matches_eager_official_loop(family, monkeypatch):
     model = _peaked(family)
@@ -106,7 +79,7 @@ def test_captured_argmax_matches_eager_official_loop(family, monkeypatch):
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(2, 20, (24,), generator=g).tolist()  # small alphabet → repeated tokens
     gen, argmax = retrieval.decode_with_argmax(model, prompt, max_new_tokens=6)
-    ref_gen, att, ref_score = _official_eager(model, prompt, 6, (0, len(prompt)))
+    ref_gen, att, ref_score = official_eager_decode(model, prompt, 6, (0, len(prompt)))
     assert gen == ref_gen
     assert argmax.shape == (6, model.shape.n_layers, model.shape.n_heads)
     for t in range(6):
@@ -141,3 +114,32 @@ def test_uniform_attention_handlers_make_the_pattern_uniform():
     expected = torch.tril(torch.ones(12, 12)) / n[:, None]
     torch.testing.assert_close(seen[2][0], expected, atol=1e-4, rtol=0)
     assert not torch.allclose(seen[0][0], expected, atol=1e-2)  # other heads untouched
+
+
+def test_causal_check_draws_per_seed_from_non_retrieval_heads_and_resumes(tmp_path, monkeypatch):
+    model = tiny_model("llama", n_layers=2, n_ctx=512, seed=1)
+    scores = np.zeros((2, 4))
+    scores[1, 2], scores[0, 1], scores[1, 0] = 0.9, 0.5, 0.1  # 0.1 is not above the threshold
+    kw = dict(k=2, lengths=[260], depths=[50], needles=[1], max_new_tokens=3, buffer=20)
+    calls = []
+    real = retrieval.score_sample
+    monkeypatch.setattr(retrieval, "score_sample", lambda *a, **k: calls.append(k["handlers"]) or real(*a, **k))
+    prefix = tmp_path / "causal"
+    t = retrieval.causal_check(model, scores, seeds=[3, 11, 3], checkpoint_prefix=prefix, **kw)
+    assert list(t.condition) == ["none", "top-2 retrieval"] + [f"random-2 non-retrieval #{i}" for i in range(3)]
+    assert t.heads[1] == "L1H2 L0H1"
+    rnd = [h.split() for h in t.heads[2:]]
+    assert all(len(h) == 2 and len(set(h)) == 2 and not {"L1H2", "L0H1"} & set(h) for h in rnd)
+    assert rnd[0] == rnd[2] and list(t.seed[2:]) == [3, 11, 3]  # a draw depends on its seed only
+    # one decode per condition with k heads masked; the repeated seed 3 reads the first draw's checkpoint
+    assert sorted(len(c or {}) for c in calls) == [0, 2, 2, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["causal_none.jsonl", "causal_rand_s11.jsonl",
+                                                          "causal_rand_s3.jsonl", "causal_top.jsonl"]
+    base = retrieval.niah_sweep(model, lengths=[260], depths=[50], needles=[1], max_new_tokens=3, buffer=20,
+                                capture=False)
+    calls.clear()
+    again = retrieval.causal_check(model, scores, seeds=[3, 11, 3], checkpoint_prefix=prefix, baseline=base, **kw)
+    assert calls == []  # every masked condition came back from its checkpoint, the baseline was reused
+    assert again.drop(columns="rouge").equals(t.drop(columns="rouge"))
+    with pytest.raises(ValueError, match="non-retrieval heads"):
+        retrieval.causal_check(model, scores, seeds=[0], **dict(kw, k=7))
