@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=4, help="heads kept per class as receivers of the next step")
     ap.add_argument("--show", type=int, default=10, help="rows printed per table")
+    ap.add_argument("--screen-step2", action="store_true",
+                    help="apply --screen to step 2 (S-inhibition) too: needed for larger models on a CPU")
     ap.add_argument("--screen", type=int, default=0,
                     help="steps 3-4: measure exactly only the top-N senders of a first-order (EAP edge) estimate "
                          "(0: all senders)")
@@ -178,8 +180,13 @@ def main() -> None:
     print(f"check: hook-based path_patch({top} → logits) = {check:.4f} vs direct {rows_nm[0]['effect']:.4f}")
 
     # 2. S-inhibition: h → q of the name movers
+    rcv2 = [(h, "q") for h in nm]
+    scr2 = screened(rcv2) if args.screen_step2 else None
     eff_si = run_step("s_inhibition", lambda: edge_path_effects(
-        model, tt.clean, tt.corrupt, [(h, "q") for h in nm], tt.metric, progress=progress), [f"{h}.q" for h in nm])
+        model, tt.clean, tt.corrupt, rcv2, tt.metric, progress=progress, senders=scr2 and scr2[0]),
+        [f"{h}.q" for h in nm])
+    if scr2:
+        res["steps"]["s_inhibition"]["screened_senders"] = len(scr2[0])
     rows_si, si = heads_table(eff_si, f"2. S-inhibition (h → q of {', '.join(nm)})",
                               ["end_io", "end_s", "s2_s1", "s2_s1p1"], args.k)
     # the check is on the class, not the selection: S-inhibition heads attend END → S (S1 or S2)

@@ -207,7 +207,11 @@ int interp_tile_stats(const Args *a) {
     const int64_t R = a->BH * a->T, W = a->W, BH = a->BH;
     const int nt = (int)a->nthreads;
     const int need_col = (a->flags & (F_COL | F_CENT)) && !(a->flags & F_LSE_PASS);
-    if (need_col) memset(a->colbuf, 0, sizeof(float) * (size_t)(nt * 2 * BH * W));
+    if (need_col) { /* per-thread column scratch: slot 0 = sum A, slot 1 = sum A log A (only if asked) */
+        const int nslot = (a->flags & F_CENT) ? 2 : 1;
+        for (int th = 0; th < nt; th++)
+            memset(a->colbuf + (int64_t)th * 2 * BH * W, 0, sizeof(float) * (size_t)(nslot * BH * W));
+    }
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t r = 0; r < R; r++) do_row(a, r, omp_get_thread_num());
     if (need_col) {
@@ -218,7 +222,7 @@ int interp_tile_stats(const Args *a) {
             float s = 0.f, sl = 0.f;
             for (int th = 0; th < nt; th++) {
                 s += a->colbuf[((int64_t)th * 2 * BH) * W + c];
-                sl += a->colbuf[((int64_t)th * 2 * BH + BH) * W + c];
+                if (a->flags & F_CENT) sl += a->colbuf[((int64_t)th * 2 * BH + BH) * W + c];
             }
             a->col[bh * a->N + a->j0 + j] += s;
             if (a->flags & F_CENT) a->calog[bh * a->N + a->j0 + j] += sl;
