@@ -33,6 +33,7 @@ def official_eager_decode(model, prompt, n_steps, span):
                 past = out.past_key_values
                 inp = out.logits[0, -1].argmax()
                 gen.append(int(inp))
+                assert len(out.attentions) == n_layers, "eager forward returned no attention weights"
                 rows.append([a[0, :, -1].double() for a in out.attentions])
                 for li in range(n_layers):
                     for h in range(n_heads):
