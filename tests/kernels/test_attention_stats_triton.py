@@ -10,6 +10,7 @@ from _attn_helpers import compare, make_inputs
 
 from interp.kernels.attention_stats import VALID_STATS, compute_attention_stats
 from interp.kernels.attention_stats._spec import validate
+from interp.kernels.attention_stats.reference import reference_stats
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not importable", allow_module_level=True)
@@ -72,3 +73,29 @@ def test_triton_rejects_bf16_on_cpu():
     q, k, _, _ = make_inputs(1, 2, 1, 16, 16, 16, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="not bfloat16"):
         compute_attention_stats(q, k, stats=["lse"], scale=0.25, impl="triton")
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=["window-softcap", "decode-fp16", "left-pad"])
+def test_triton_given_row_lse_matches_reference(case):
+    """With the row LSE given (as the flash forward returns it) the row kernel skips its first pass."""
+    batch, head, kv_head, query_pos, key_pos, d_head, dtype, extra = case
+    q, k, tok, key_set = make_inputs(batch, head, kv_head, query_pos, key_pos, d_head, dtype, seed=key_pos + 1)
+    stats = [s for s in VALID_STATS if s != "topk"]
+    kw = dict(stats=stats, scale=d_head**-0.5, token_ids=tok, key_set=key_set, recent_w=5, **extra)
+    if "pad" in kw:
+        pad = torch.ones(batch, key_pos, dtype=torch.bool)
+        for b, n in enumerate(kw.pop("pad")):
+            pad[b, :n] = False
+        kw["key_padding_mask"] = pad
+    spec64 = validate(q.double(), k.double(), **dict(kw, stats=["lse"]))
+    lse = reference_stats(q.double(), k.double(), spec64)["lse"].float()
+    hint = torch.where(torch.isfinite(lse), lse, 0.0)  # padding rows: any finite value, the kernel masks them
+    dev_kw = {n: v.to(DEV) if isinstance(v, torch.Tensor) else v for n, v in kw.items()}
+    spec = validate(q.to(DEV), k.to(DEV), **dev_kw, row_lse=hint.to(DEV))
+    out = triton_stats(q.to(DEV), k.to(DEV), spec, block_m=16, block_n=16)
+    rtol, atol = TOL[dtype]
+    compare({n: v.cpu() for n, v in out.items()}, q, k, kw, rtol=rtol, atol=atol)
+    # the hint is really used: a wrong LSE gives wrong masses
+    bad = validate(q.to(DEV), k.to(DEV), **dev_kw, row_lse=(hint + 1.0).to(DEV))
+    wrong = triton_stats(q.to(DEV), k.to(DEV), bad, block_m=16, block_n=16)
+    assert not torch.allclose(wrong["col_sum"].cpu(), out["col_sum"].cpu(), atol=1e-3)
