@@ -47,15 +47,22 @@ def scores_from_grads(graph: Graph, delta: torch.Tensor, grads: list) -> torch.T
     """``[n_nodes, n_inputs]`` edge scores from ``delta = out(corrupt) − out(clean)`` ``[n_nodes, batch, pos,
     d_model]`` and per-stream gradients (the flat list of ``_stream_grads``). Invalid edges score 0."""
     scores = torch.zeros(graph.n_nodes, graph.n_inputs, dtype=torch.float64)
+    flat = delta.reshape(delta.shape[0], -1)  # [n_nodes, batch·pos·d_model]
     for layer in range(graph.n_layers):
         cols, n_up = graph.cols(layer), graph.n_upstream_attn(layer)
         g_q, g_k, g_v, g_m = grads[4 * layer: 4 * layer + 4]
-        d = delta[:n_up]
-        for name, g in (("q", g_q), ("k", g_k), ("v", g_v)):
-            scores[:n_up, cols[name]] = torch.einsum("ubpm,bpcm->uc", d, g).double().cpu()
-        d = delta[: n_up + graph.n_heads]
-        scores[: n_up + graph.n_heads, cols["mlp"]] = torch.einsum("ubpm,bpm->u", d, g_m).double().cpu()[:, None]
-    scores[:, graph.logits_col] = torch.einsum("ubpm,bpm->u", delta, grads[-1]).double().cpu()
+        # one matmul per layer: [up, batch·pos·d_model] @ [batch·pos·d_model, q heads + 2 kv heads + 1]
+        # rows are the same (batch, pos, d_model) order as ``flat``: [b, p, c, m] → [b, p, m, c]
+        g = torch.cat([x.permute(0, 1, 3, 2).reshape(-1, x.shape[2]) if x.ndim == 4 else x.reshape(-1, 1)
+                       for x in (g_q, g_k, g_v, g_m)], dim=1)
+        s = (flat[: n_up + graph.n_heads] @ g).double().cpu()
+        widths = [g_q.shape[2], g_k.shape[2], g_v.shape[2]]
+        at = 0
+        for name, w in zip(("q", "k", "v"), widths, strict=True):
+            scores[:n_up, cols[name]] = s[:n_up, at: at + w]
+            at += w
+        scores[: n_up + graph.n_heads, cols["mlp"]] = s[:, at: at + 1]
+    scores[:, graph.logits_col] = (flat @ grads[-1].reshape(-1)).double().cpu()
     return scores
 
 
