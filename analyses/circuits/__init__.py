@@ -47,3 +47,8 @@ from .ioi_classes import (  # noqa: E402
 )
 
 __all__ += ["attention_stats", "direct_path_effects", "edge_path_effects", "head_patterns", "ioi_positions"]
+
+# completeness and minimality spot checks (appended)
+from .completeness import completeness, minimality  # noqa: E402
+
+__all__ += ["completeness", "minimality"]
