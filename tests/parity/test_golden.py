@@ -1,0 +1,61 @@
+"""Behaviour preserved across refactors: today's numbers equal the goldens written before the core redesign
+(``tests/golden/make_golden.py``, run on the tree of commit 3fc28e2).
+
+Every golden row must come back with the same index (analysis, score, layer, head, kv_head) and a value within
+1e-6 (absolute, or relative for large values); the run may not lose a row nor add one to an analysis that the
+golden covers. A deliberate change of a number needs a new golden and a line in the commit that says why.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+sys.path.insert(0, str(GOLDEN))
+import make_golden  # noqa: E402
+
+TOL = 1e-6
+
+
+def assert_same_scores(now: pd.DataFrame, golden: pd.DataFrame) -> None:
+    key = make_golden.INDEX
+    now = now[now["analysis"].isin(set(golden["analysis"]))]
+    g = golden.set_index(key)["value"]
+    n = now.set_index(key)["value"]
+    missing = g.index.difference(n.index)
+    extra = n.index.difference(g.index)
+    assert not len(missing), f"{len(missing)} golden rows missing, e.g. {list(missing[:5])}"
+    assert not len(extra), f"{len(extra)} rows not in the golden, e.g. {list(extra[:5])}"
+    a, b = n.loc[g.index].to_numpy(float), g.to_numpy(float)
+    same_nan = np.isnan(a) == np.isnan(b)
+    assert same_nan.all(), f"NaN pattern differs at {list(g.index[~same_nan][:5])}"
+    with np.errstate(invalid="ignore"):
+        diff = np.where(np.isnan(b) | (a == b), 0.0, np.abs(a - b))  # a == b also holds for equal infinities
+    ok = diff <= TOL * np.maximum(1.0, np.abs(np.nan_to_num(b)))
+    worst = int(np.argmax(np.nan_to_num(diff, nan=np.inf)))
+    assert ok.all(), (f"{int((~ok).sum())} values differ by > {TOL}; worst {g.index[worst]}: "
+                      f"{a[worst]!r} vs golden {b[worst]!r}")
+
+
+def test_assert_same_scores_can_fail():
+    golden = pd.read_csv(GOLDEN / "tiny_llama_report.csv")
+    bumped = golden.copy()
+    bumped.loc[3, "value"] += 1e-5
+    with pytest.raises(AssertionError, match="differ"):
+        assert_same_scores(bumped, golden)
+    with pytest.raises(AssertionError, match="missing"):
+        assert_same_scores(golden.drop(index=5), golden)
+
+
+def test_tiny_llama_report_equals_golden():
+    assert_same_scores(make_golden.tiny_report(), pd.read_csv(GOLDEN / "tiny_llama_report.csv"))
+
+
+@pytest.mark.slow
+def test_default_model_scores_equal_golden():
+    assert_same_scores(make_golden.default_scores(), pd.read_csv(GOLDEN / "default_scores.csv"))
