@@ -30,14 +30,15 @@ import os
 import numpy as np
 import torch
 
+from interp.kernels.attention_stats import causal_mask
+
 _ALPHA_ATTR = "_duo_alpha"
 
 
 def streaming_mask(q_len: int, k_len: int, sink: int, recent: int, device=None) -> torch.Tensor:
     """``[query_pos, key_pos]`` bool: causal and (key < sink or query − key < recent)."""
-    i = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
-    j = torch.arange(k_len, device=device)[None, :]
-    return (j <= i) & ((j < sink) | (i - j < recent))
+    sinks = torch.arange(k_len, device=device)[None, :] < sink
+    return (causal_mask(q_len, k_len, device=device) & sinks) | causal_mask(q_len, k_len, window=recent, device=device)
 
 
 def gated_attention(query, key, value, alpha, *, scale: float, sink: int, recent: int):
@@ -55,7 +56,7 @@ def gated_attention(query, key, value, alpha, *, scale: float, sink: int, recent
     dt = torch.promote_types(query.dtype, torch.float32)  # softmax in ≥ fp32
     s = (query.to(dt) @ k.to(dt).transpose(-1, -2)) * scale
     m = key.shape[2]
-    causal = streaming_mask(n, m, m, m, query.device)  # sink = recent = all: plain causal
+    causal = causal_mask(n, m, device=query.device)
     stream = streaming_mask(n, m, sink, recent, query.device)
     full = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v.to(dt)
     strm = torch.softmax(s.masked_fill(~stream, float("-inf")), -1) @ v.to(dt)

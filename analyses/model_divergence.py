@@ -19,28 +19,28 @@ from __future__ import annotations
 
 import torch
 
+from interp.capture import Capture
 from interp.scores import ScoreTable
 from interp.sites import Site
 
 
-class _QKCapture:
-    """Keeps (or compares against) each layer's post-RoPE q, k during a forward."""
+class _QKCapture(Capture):
+    """Attention capture (``interp.capture.Capture``) that keeps (or compares against) each layer's post-RoPE
+    q, k during a forward. It does not call the statistics engine (``stats`` stays empty), so the output always
+    comes from SDPA."""
 
-    def __init__(self, layers, reference=None, stats=("js",)):
+    def __init__(self, layers, reference=None, divergences=("js",)):
+        super().__init__()
         self._layers = layers
         self.reference = reference
-        self.stats = stats
+        self.divergences = divergences
         self.qk: dict[int, tuple] = {}
         self.div: dict[int, dict] = {}
-        self.lse_hint = None
 
     def layers(self, model):
         return self._layers
 
-    def wants_lse(self):
-        return False
-
-    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window):
+    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window, row_lse=None):
         from interp.kernels.attention_stats.divergence import pattern_divergence
 
         if self.reference is None:
@@ -48,7 +48,7 @@ class _QKCapture:
             return
         q1, k1, s1, w1 = self.reference.qk.pop(layer)
         self.div[layer] = pattern_divergence(q1, k1, query.detach(), key.detach(), scale1=s1, scale2=scaling,
-                                             stats=self.stats, window=window if window == w1 else None)
+                                             stats=self.divergences, window=window if window == w1 else None)
 
 
 def _head_outputs_and_resid(model, ids, z_positions):
@@ -93,12 +93,12 @@ def model_divergence(model_a, ids: torch.Tensor, *, model_b=None, interventions_
     positions = torch.arange(ids.shape[1])
     cap_a = _QKCapture(layers) if js else None
     hooks, za, fa = _head_outputs_and_resid(model_a, ids, positions)
-    with model_a.hooks(hooks, stats=cap_a):
+    with model_a.hooks(hooks, capture=cap_a):
         model_a.forward(ids)
     cap_b = _QKCapture(layers, reference=cap_a) if js else None
     hooks, zb, fb = _head_outputs_and_resid(model_b, ids, positions)
     ctx = model_b.intervene(*interventions_b) if interventions_b else _null()
-    with ctx, model_b.hooks(hooks, stats=cap_b):
+    with ctx, model_b.hooks(hooks, capture=cap_b):
         model_b.forward(ids)
     out_rel = torch.zeros(s.n_layers, s.n_heads)
     dla = torch.zeros(s.n_layers, s.n_heads)

@@ -32,32 +32,31 @@ import numpy as np
 import pandas as pd
 import torch
 
+from interp.capture import Capture
+
 from .niah import rouge1_recall
 
 DEFAULT_PARAMS = {"lengths": [500, 1000], "depths": [0, 50, 100], "needles": [0, 1, 2],
                   "max_new_tokens": 50, "threshold": 0.1, "buffer": 200, "checkpoint": None}
 
 
-class ArgmaxCapture:
-    """Statistics capture for the hook runtime: per decode step, the argmax key of every head of every layer.
+class ArgmaxCapture(Capture):
+    """Attention capture (``interp.capture.Capture``): per decode step, the argmax key of every head of every layer.
 
     ``step`` maps layer → ``[head]`` int64 argmax key positions of the current decode step; prefill forwards
     (``active`` False, or more than one query row) are ignored.
     """
 
     def __init__(self, n_layers: int, impl: str = "auto"):
+        super().__init__(stats=("argmax",), impl=impl)
         self._layers = list(range(n_layers))
-        self.impl = impl
         self.active = False
         self.step: dict[int, torch.Tensor] = {}
 
     def layers(self, model):
         return self._layers
 
-    def wants_lse(self) -> bool:
-        return False
-
-    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window):
+    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window, row_lse=None):
         if not self.active or query.shape[2] != 1:
             return
         if query.shape[0] != 1:
@@ -92,7 +91,7 @@ def decode_with_argmax(model, prompt_ids, *, max_new_tokens: int = 50, handlers=
     cap = ArgmaxCapture(model.shape.n_layers) if capture else None
     dev = model.device
     generated, rows = [], []
-    with model.hooks(handlers or {}, stats=cap):
+    with model.hooks(handlers or {}, capture=cap):
         # only the cache is needed from the prefill: skip its [pos, d_vocab] logits (large for 150k vocabularies)
         out = model.hf(input_ids=torch.tensor([ids[:-1]], device=dev), use_cache=True, logits_to_keep=1)
         past, inp = out.past_key_values, ids[-1]

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from interp.kernels.attention_stats import causal_mask
+
 
 def streaming_masses(model, ids: torch.Tensor, *, sink: int = 4, window: int = 64,
                      stats=None) -> dict[str, torch.Tensor]:
@@ -55,9 +57,8 @@ def streaming_masses(model, ids: torch.Tensor, *, sink: int = 4, window: int = 6
     if sink > 0:
         sites = [Site(layer, "pattern") for layer in range(model.shape.n_layers)]
         _, cache = interp.run_with_cache(model, ids[:, :R], sites)
-        i = torch.arange(R)[:, None]
         j = torch.arange(R)[None, :]
-        mask = ((j < sink) & (i - j < window) & (j <= i)).double()  # [query_pos, key_pos]
+        mask = ((j < sink) & causal_mask(R, R, window=window)).double()  # [query_pos, key_pos]
         for layer in range(model.shape.n_layers):
             A = cache[Site(layer, "pattern")].double()  # [batch, head, R, R]
             both[layer, :, :, :R] = (A * mask).sum(-1)

@@ -19,6 +19,7 @@ _LAZY = {
     "Site": ".sites", "head_name": ".sites", "parse_head": ".sites",
     "run_with_cache": ".hooks",
     "attention_stats": ".attention", "AttentionStats": ".attention",
+    "Capture": ".capture",
     "collect": ".store", "ActivationStore": ".store",
     "Zero": ".interventions", "Mean": ".interventions", "Resample": ".interventions",
     "UniformAttention": ".interventions", "Scale": ".interventions", "Knockout": ".interventions",

@@ -2,9 +2,11 @@
 
 Each attention layer's post-RoPE q ``[batch, head, query_pos, d_head]`` and k ``[batch, kv_head, key_pos,
 d_head]`` — exactly what the model attends with, at its own scale, sliding window and softcap — are handed to
-the statistics engine (``interp.kernels.attention_stats``) while the layer's output is computed by SDPA. No
-``[query_pos, key_pos]`` pattern is materialised. On CPU without padding the flash SDPA op also returns each
-row's log-sum-exp, which the engine then reuses instead of recomputing its first pass.
+the statistics engine (``interp.kernels.attention_stats``) by ``StatsCapture`` (an ``interp.capture.Capture``).
+No ``[query_pos, key_pos]`` pattern is materialised. The dispatcher (``kernels/attention_stats/dispatch.py``)
+decides the route: on CPU without padding the fused kernel computes the layer output from the statistics' own
+tiles, or the flash SDPA op computes it and also returns each row's log-sum-exp, which the engine then reuses
+instead of recomputing its first pass; otherwise SDPA computes the output and the engine runs on q, k.
 """
 
 from __future__ import annotations
@@ -15,25 +17,30 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .capture import Capture
 from .sites import head_name
 
 ROW_DIM_NAMES = ("layer", "batch", "head", "query_pos")
 COL_DIM_NAMES = ("layer", "batch", "head", "key_pos")
 
 
-class StatsCapture:
-    """Receives q, k from the interp attention function and reduces them with the engine (one layer at a time)."""
+class StatsCapture(Capture):
+    """Receives q, k from the interp attention function and reduces them with the engine (one layer at a time).
+
+    ``results[layer]`` holds the statistics (CPU tensors, shapes as ``compute_attention_stats``). With no padding
+    the layer output may come from the fused kernel's own tiles (``attend``) or the flash forward's row LSE is
+    reused (``capture(row_lse=...)``); the dispatcher decides which.
+    """
+
+    fuses_output = True
 
     def __init__(self, stats, *, layers, token_ids, key_padding_mask, impl, memory_budget_mb, params):
-        self.stats = list(stats)
+        super().__init__(stats=stats, impl=impl, key_padding_mask=key_padding_mask)
         self._layers = layers
         self.token_ids = token_ids
-        self.key_padding_mask = key_padding_mask
-        self.impl = impl
         self.memory_budget_mb = memory_budget_mb
         self.params = params
         self.results: dict[int, dict[str, torch.Tensor]] = {}
-        self.lse_hint: torch.Tensor | None = None
 
     def layers(self, model):
         return self._layers
@@ -41,35 +48,23 @@ class StatsCapture:
     def wants_lse(self) -> bool:
         return self.key_padding_mask is None
 
+    def _engine(self, query, key, **kw):
+        from interp.kernels.attention_stats import compute_attention_stats
+
+        return compute_attention_stats(
+            query.detach(), key.detach(), stats=self.stats, token_ids=self.token_ids,
+            key_padding_mask=self.key_padding_mask, impl=self.impl, memory_budget_mb=self.memory_budget_mb,
+            **self.params, **kw)
+
     def attend(self, layer, query, key, value, *, scaling, window):
         """Attention output ``[batch, query_pos, head, d_head]`` and this layer's statistics from one fused CPU
-        pass (``kernels/attention_stats/fused_cpu.py``), replacing SDPA + a second pass over q, k; ``None``
-        when that path does not apply (then the caller runs SDPA and ``capture``)."""
-        if layer not in self._layers or self.impl not in ("auto", "fused") or self.key_padding_mask is not None:
-            return None
-        if query.device.type != "cpu" or torch.float64 in (query.dtype, key.dtype):
-            return None
-        from interp.kernels.attention_stats import fused_cpu
-        from interp.kernels.attention_stats._spec import validate
-
-        if not (set(self.stats) <= fused_cpu.SUPPORTED and fused_cpu.available()):
-            return None
-        spec = validate(query, key, stats=self.stats, scale=scaling, token_ids=self.token_ids, window=window,
-                        **self.params)
-        out, res = fused_cpu.fused_stats(query.detach(), key.detach(), spec, v=value.detach())
+        pass (``kernels/attention_stats/fused_cpu.py``), replacing SDPA + a second pass over q, k."""
+        out, res = self._engine(query, key, value=value.detach(), scale=scaling, window=window)
         self.results[layer] = {k: v.cpu() for k, v in res.items()}
         return out.to(query.dtype).transpose(1, 2).contiguous()
 
-    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window):
-        if layer not in self._layers:
-            return
-        from interp.kernels.attention_stats import compute_attention_stats
-
-        res = compute_attention_stats(
-            query.detach(), key.detach(), stats=self.stats, scale=scaling, token_ids=self.token_ids,
-            key_padding_mask=self.key_padding_mask, window=window, softcap=softcap, impl=self.impl,
-            memory_budget_mb=self.memory_budget_mb, row_lse=self.lse_hint, **self.params)
-        self.lse_hint = None
+    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window, row_lse=None):
+        res = self._engine(query, key, scale=scaling, window=window, softcap=softcap, row_lse=row_lse)
         self.results[layer] = {k: v.cpu() for k, v in res.items()}
 
 
@@ -165,15 +160,19 @@ def attention_stats(model, inputs, stats, *, layers=None, attention_mask=None, i
             ``["lse", "entropy", "mass_first", "col_alpha", "argmax", "induction"]``.
         layers: which layers to capture (default all).
         attention_mask: ``[batch, pos]`` (1 = real token) when passing padded ids.
-        impl: "auto" | "chunked" | "triton" | "reference" (the dense fp64 spec; small inputs only).
+        impl: "auto" | "fused" | "chunked" | "triton" | "reference" (the dense fp64 spec; small inputs only);
+            checked before the forward; "auto" is resolved per layer by ``kernels/attention_stats/dispatch.py``
+            (``INTERP_ATTN_IMPL`` replaces it).
         params: engine parameters (``sink_k``, ``recent_w``, ``distance_cap``, ``top_k``, ``key_set``).
     Returns: ``AttentionStats`` (tensors ``[layer, batch, head, pos]``; ``.to_frame()`` for a tidy table).
     """
     from interp.kernels.attention_stats import VALID_STATS
+    from interp.kernels.attention_stats.dispatch import check_impl
 
     unknown = [s for s in stats if s not in VALID_STATS]
     if unknown:
         raise ValueError(f"unknown statistic(s) {unknown}; valid: {sorted(VALID_STATS)}")
+    check_impl(impl)  # before the forward: an unknown impl (or INTERP_ATTN_IMPL value) is one clear line
     ids, mask = _as_ids(model, inputs, attention_mask)
     model.check_tokens(ids)
     layers = list(range(model.shape.n_layers)) if layers is None else sorted(int(x) for x in layers)
@@ -183,21 +182,27 @@ def attention_stats(model, inputs, stats, *, layers=None, attention_mask=None, i
     kpm = None
     if mask is not None and not bool(mask.bool().all()):
         kpm = mask.bool().to(model.device)
-    stats, rename = list(stats), {}
-    if kpm is not None and "mass_first" in stats:
-        # with left padding "the first k tokens" are the first k *real* tokens of each row
-        if "mass_keyset" in stats:
-            raise ValueError("with padded inputs, mass_first and mass_keyset cannot be requested together; "
-                             "run them in two calls or pass unpadded inputs")
-        rank = kpm.long().cumsum(-1) - 1
-        params = dict(params, key_set=kpm & (rank < params.pop("sink_k", 4)))
-        stats = [("mass_keyset" if s == "mass_first" else s) for s in stats]
-        rename = {"mass_keyset": "mass_first"}
+    stats, params, rename = _first_real_tokens(list(stats), params, kpm)
     cap = StatsCapture(stats, layers=layers, token_ids=ids.to(model.device), key_padding_mask=kpm, impl=impl,
                        memory_budget_mb=memory_budget_mb, params=params)
-    with torch.no_grad(), model.hooks({}, stats=cap):
+    with torch.no_grad(), model.hooks({}, capture=cap):
         model.forward(ids, mask)
     names = list(cap.results[layers[0]]) if layers else []
     values = {rename.get(n, n): torch.stack([cap.results[layer][n] for layer in layers]) for n in names}
     valid = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
     return AttentionStats(model.name, layers, values, valid.cpu(), ids.cpu(), dict(params, impl=impl))
+
+
+def _first_real_tokens(stats: list, params: dict, kpm):
+    """With left padding (``kpm [batch, pos]``) "the first k tokens" of ``mass_first`` are the first k *real*
+    tokens of each row: ask for ``mass_keyset`` over them instead. Returns ``(stats, params, rename)``."""
+    if kpm is None or "mass_first" not in stats:
+        return stats, params, {}
+    if "mass_keyset" in stats:
+        raise ValueError("with padded inputs, mass_first and mass_keyset cannot be requested together; "
+                         "run them in two calls or pass unpadded inputs")
+    rank = kpm.long().cumsum(-1) - 1
+    params = dict(params)
+    params["key_set"] = kpm & (rank < params.pop("sink_k", 4))
+    stats = [("mass_keyset" if s == "mass_first" else s) for s in stats]
+    return stats, params, {"mass_keyset": "mass_first"}

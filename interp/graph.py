@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .hooks import causal_bool_mask, native_modules
+from interp.kernels.attention_stats import causal_mask
+
+from .hooks import native_modules
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ def _attention(model, layer: int, q_in, k_in, v_in, cos_sin):
         window = attn.sliding_window
     else:  # e.g. Mistral: from the config, via interp's Shape
         window = s.sliding_window if layer in s.sliding_layers else None
-    allowed = causal_bool_mask(p, p, q.device, window)
+    allowed = causal_mask(p, p, window=window, device=q.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # [batch, kv_head, group, query_pos, key_pos]
     return torch.einsum("bkgqs,bskd->bqkgd", pattern, v).reshape(b, p, H, dh)

@@ -4,7 +4,10 @@ Module-level sites use ordinary PyTorch forward (pre-)hooks. Attention-internal 
 pattern, per-head z) are reached through one attention function registered with transformers'
 ``AttentionInterface`` under the name ``"interp"``: it receives post-RoPE ``query [batch, head, query_pos, d_head]``
 and ``key/value [batch, kv_head, key_pos, d_head]`` (GQA not yet repeated), runs the hooks, computes the output
-with SDPA (or eagerly, only when a hook needs the pattern) and hands q, k to a statistics capture if one is set.
+with SDPA (or eagerly, only when a hook needs the pattern) and hands q, k to an attention capture if one is set
+(``capture=``, an ``interp.capture.Capture``; the protocol and its shapes are documented there). How the output
+is computed next to the statistics — SDPA, the fused CPU kernel, or a flash forward that also returns the row
+LSE — is decided by ``interp.kernels.attention_stats.dispatch.plan`` alone.
 
 A handler is ``fn(x, site) -> Tensor | None``. Registered on a whole site (``Site(3, "z")``) it sees the whole
 tensor; on a head (``Site(3, "z", 5)``) it sees that head's slice (``[batch, pos, d_head]``; for ``pattern``
@@ -16,8 +19,13 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
+
+from interp.kernels.attention_stats._spec import causal_mask
+from interp.kernels.attention_stats.dispatch import Request
+from interp.kernels.attention_stats.dispatch import plan as plan_attention
 
 from .sites import ATTN_INTERNAL, Site
 
@@ -87,25 +95,14 @@ def interp_attention_active(model):
                 hf.set_attn_implementation(prev)
 
 
-def causal_bool_mask(q_len: int, k_len: int, device, window: int | None = None) -> torch.Tensor:
-    """``[query_pos, key_pos]`` bool, True where query i (absolute position i + k_len - q_len) may attend key j."""
-    i = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
-    j = torch.arange(k_len, device=device)[None, :]
-    allowed = j <= i
-    if window is not None:
-        allowed &= (i - j) < window
-    return allowed
-
-
 def eager_pattern(query, key, attention_mask, scaling, softcap=None, window=None):
     """Attention weights ``[batch, head, query_pos, key_pos]`` (fp32) exactly as HF eager computes them."""
-    group = query.shape[1] // key.shape[1]
-    k = key.repeat_interleave(group, dim=1) if group > 1 else key
+    k = _repeat_kv(key, query.shape[1])
     scores = torch.matmul(query.float(), k.float().transpose(-1, -2)) * scaling
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
     if attention_mask is None:
-        allowed = causal_bool_mask(query.shape[2], key.shape[2], query.device, window)
+        allowed = causal_mask(query.shape[2], key.shape[2], window=window, device=query.device)
         scores = scores.masked_fill(~allowed, float("-inf"))
     elif attention_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attention_mask[..., : key.shape[2]], float("-inf"))
@@ -115,7 +112,35 @@ def eager_pattern(query, key, attention_mask, scaling, softcap=None, window=None
     return torch.nan_to_num(pattern, nan=0.0)  # fully masked (padding) rows → 0
 
 
+def _repeat_kv(x, n_heads: int):
+    """``[batch, kv_head, pos, d_head]`` → ``[batch, head, pos, d_head]`` (GQA: each KV head serves a group)."""
+    group = n_heads // x.shape[1]
+    return x.repeat_interleave(group, dim=1) if group > 1 else x
+
+
+@dataclass
+class _Call:
+    """One call of the attention function: the module, its inputs after the q/k/v hooks, and its settings."""
+
+    module: torch.nn.Module
+    layer: int
+    query: torch.Tensor  # [batch, head, query_pos, d_head], post-RoPE
+    key: torch.Tensor  # [batch, kv_head, key_pos, d_head], post-RoPE
+    value: torch.Tensor  # [batch, kv_head, key_pos, d_head]
+    attention_mask: torch.Tensor | None
+    scaling: float
+    softcap: float | None
+    window: int | None
+    kwargs: dict
+    rts: tuple
+
+
 def interp_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The attention function registered as ``"interp"``: hooks, captures and the layer output.
+
+    Returns ``(out [batch, query_pos, head, d_head], weights [batch, head, query_pos, key_pos] | None)`` as
+    every HF attention function does. The forward route (eager / fused / flash / SDPA) is ``dispatch.plan``'s.
+    """
     # runtimes active on this module, outermost first (nested contexts compose: an intervention installed
     # outside a caching context is applied before the cache reads the value)
     rts = getattr(module, "_interp_rts", ())
@@ -132,39 +157,14 @@ def interp_attention(module, query, key, value, attention_mask, scaling=None, dr
         query = rt.apply_bhnd(layer, "q", query)
         key = rt.apply_bhnd(layer, "k", key)
         value = rt.apply_bhnd(layer, "v", value)
-    stats_rt = next((rt for rt in rts if rt.stats is not None), None)
-    attend = getattr(stats_rt.stats, "attend", None) if stats_rt is not None else None  # fused output + stats
-    need_pattern = softcap is not None or any(rt.needs(layer, "pattern") for rt in rts)
-    if need_pattern:
-        pattern = eager_pattern(query, key, attention_mask, scaling, softcap, window)
-        for rt in rts:
-            pattern = rt.apply(layer, "pattern", pattern, head_dim=1)
-        group = query.shape[1] // value.shape[1]
-        v = value.repeat_interleave(group, dim=1) if group > 1 else value
-        out = torch.matmul(pattern.to(v.dtype), v).transpose(1, 2).contiguous()
-        weights = pattern
-    elif (attend is not None and attention_mask is None and softcap is None
-          and (fused := attend(layer, query, key, value, scaling=scaling, window=window)) is not None):
-        # statistics and output from the same tiles (CPU fused path); nothing left to capture
-        out, weights, stats_rt = fused, None, None
-    elif _flash_lse_ok(stats_rt, query, key, attention_mask, window):
-        # same kernel SDPA would use on CPU; it also returns the row log-sum-exp the statistics engine reuses
-        group = query.shape[1] // key.shape[1]
-        k_full = key.repeat_interleave(group, dim=1) if group > 1 else key
-        v_full = value.repeat_interleave(group, dim=1) if group > 1 else value
-        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, k_full, v_full, 0.0, True, scale=scaling)[:2]
-        out, weights = o.transpose(1, 2).contiguous(), None
-        stats_rt.stats.lse_hint = lse
-    else:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0,
-                                              scaling=scaling, **{k: v for k, v in kwargs.items()
-                                                                  if k not in ("sliding_window", "softcap")})
-    if stats_rt is not None:
-        stats_rt.stats.capture(layer, module, query, key, attention_mask, scaling=scaling, softcap=softcap,
-                               window=window)
+    call = _Call(module, layer, query, key, value, attention_mask, scaling, softcap, window, kwargs, rts)
+    captures = [rt.capture for rt in rts if rt.capture is not None and layer in rt.capture_layers]
+    primary, plan = _forward_plan(call, captures)
+    out, weights, row_lse = _FORWARDS[plan.forward](call, primary)
+    for cap in captures:
+        if not (plan.fused_output and cap is primary):  # attend() already recorded the primary's statistics
+            cap.capture(layer, module, query, key, attention_mask, scaling=scaling, softcap=softcap, window=window,
+                        row_lse=row_lse if cap.wants_lse() else None)
     for rt in rts:
         out = rt.apply(layer, "z", out, head_dim=2)  # [batch, pos, head, d_head]
     if any(rt.needs(layer, "head_out") for rt in rts):
@@ -175,19 +175,83 @@ def interp_attention(module, query, key, value, attention_mask, scaling=None, dr
     return out, weights
 
 
-def _flash_lse_ok(runtime, query, key, attention_mask, window) -> bool:
-    return (runtime is not None and runtime.stats.wants_lse()
-            and attention_mask is None and query.device.type == "cpu" and query.shape[2] == key.shape[2]
-            and (window is None or key.shape[2] <= window) and query.dtype in (torch.float32, torch.float64)
-            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"))
+def _forward_plan(call: _Call, captures: list):
+    """``(primary capture | None, Plan)``: the outermost capture that uses the statistics engine decides, through
+    the dispatcher, whether the output comes from its fused kernel or from a flash forward that yields the LSE."""
+    primary = next((c for c in captures if c.stats), None)
+    pattern = any(rt.needs(call.layer, "pattern") for rt in call.rts)
+    if primary is None:
+        req = Request.of(call.query, call.key, pattern=pattern, softcap=call.softcap)
+    else:
+        req = Request.of(call.query, call.key, stats=frozenset(primary.stats), impl=primary.impl,
+                         want_output=primary.fuses_output, lse_wanted=primary.wants_lse(),
+                         padding=primary.key_padding_mask is not None, attention_mask=call.attention_mask is not None,
+                         window=call.window, softcap=call.softcap, pattern=pattern)
+    return primary, plan_attention(req)
+
+
+def _eager(call: _Call, primary):
+    """Pattern materialised (a hook reads or writes it, or the layer soft-caps its logits)."""
+    pattern = eager_pattern(call.query, call.key, call.attention_mask, call.scaling, call.softcap, call.window)
+    for rt in call.rts:
+        pattern = rt.apply(call.layer, "pattern", pattern, head_dim=1)
+    v = _repeat_kv(call.value, call.query.shape[1])
+    out = torch.matmul(pattern.to(v.dtype), v).transpose(1, 2).contiguous()
+    return out, pattern, None
+
+
+def _fused(call: _Call, primary):
+    """Statistics and output from the same tiles (CPU fused path); nothing left to capture for ``primary``."""
+    out = primary.attend(call.layer, call.query, call.key, call.value, scaling=call.scaling, window=call.window)
+    return out, None, None
+
+
+def _flash(call: _Call, primary, *, cuda: bool = False):
+    """The flash SDPA op (the kernel SDPA itself would pick) also returns the row LSE ``[batch, head, query_pos]``
+    (natural log), which the statistics reuse instead of recomputing their first pass."""
+    k, v = _repeat_kv(call.key, call.query.shape[1]), _repeat_kv(call.value, call.query.shape[1])
+    if cuda:  # fp16/bf16, sm80+; selected only once dispatch.LiveCaps.flash_cuda_lse is switched on
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+            call.query, k, v, 0.0, True, False, scale=call.scaling)[:2]
+    else:
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            call.query, k, v, 0.0, True, scale=call.scaling)[:2]
+    return o.transpose(1, 2).contiguous(), None, lse
+
+
+def _sdpa(call: _Call, primary):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    out, weights = sdpa_attention_forward(call.module, call.query, call.key, call.value, call.attention_mask,
+                                          dropout=0.0, scaling=call.scaling,
+                                          **{k: v for k, v in call.kwargs.items()
+                                             if k not in ("sliding_window", "softcap")})
+    return out, weights, None
+
+
+_FORWARDS = {"eager": _eager, "fused": _fused, "flash_cpu": _flash, "sdpa": _sdpa,
+             "flash_cuda": lambda call, primary: _flash(call, primary, cuda=True)}
+
+
+def _check_capture(capture) -> None:
+    from .capture import Capture
+
+    if capture is not None and not isinstance(capture, Capture):
+        raise TypeError(f"capture must be an interp.capture.Capture (subclass it), got {type(capture).__name__}")
 
 
 class HookRuntime:
     """Installs handlers for ``Site``s on an ``interp.Model``; use as a context manager."""
 
-    def __init__(self, model, handlers: dict, *, stats=None):
+    def __init__(self, model, handlers: dict, *, capture=None, **kwargs):
+        if "stats" in kwargs:
+            raise TypeError("hooks(stats=...) was renamed: pass the capture as capture=... (an interp.capture.Capture)")
+        if kwargs:
+            raise TypeError(f"hooks() got unexpected keyword argument(s) {sorted(kwargs)}; it takes capture=")
+        _check_capture(capture)
         self.model = model
-        self.stats = stats
+        self.capture = capture
+        self.capture_layers: frozenset[int] = frozenset()
         self.by_key: dict[tuple[int, str], list] = defaultdict(list)
         for site, fns in handlers.items():
             if isinstance(site, str):
@@ -250,8 +314,9 @@ class HookRuntime:
         arch = self.model.arch
         try:
             attn_layers = {layer for (layer, comp) in self.by_key if comp in ATTN_INTERNAL}
-            if self.stats is not None:
-                attn_layers |= set(self.stats.layers(self.model))
+            if self.capture is not None:
+                self.capture_layers = frozenset(int(x) for x in self.capture.layers(self.model))
+                attn_layers |= self.capture_layers
             for layer in sorted(attn_layers):
                 mod = arch.attn(layer)
                 mod._interp_rts = (*getattr(mod, "_interp_rts", ()), self)

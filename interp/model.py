@@ -182,11 +182,13 @@ class Model:
             raise ValueError(f"token id {hi} is outside the vocabulary of {self.shape.d_vocab}")
 
     # --- running -----------------------------------------------------------------------------------------
-    def hooks(self, handlers=None, *, stats=None):
-        """Context manager installing interp hooks (see ``interp.hooks.HookRuntime``)."""
+    def hooks(self, handlers=None, *, capture=None, **kwargs):
+        """Context manager installing interp hooks ``{Site: fn}`` and, optionally, an attention ``capture``
+        (an ``interp.capture.Capture``; see ``interp.hooks.HookRuntime``). ``stats=`` is the old name of
+        ``capture=`` and raises a ``TypeError`` saying so."""
         from .hooks import HookRuntime
 
-        return HookRuntime(self, handlers or {}, stats=stats)
+        return HookRuntime(self, handlers or {}, capture=capture, **kwargs)
 
     def intervene(self, *interventions):
         """Context manager applying intervention values (``interp.interventions``); hooks always removed."""

@@ -36,6 +36,7 @@ import torch
 
 from interp.hooks import run_with_cache
 from interp.interventions import Knockout, Patch
+from interp.kernels.attention_stats import causal_mask
 from interp.sites import Site
 
 from .ablations import cama_means
@@ -46,7 +47,7 @@ def stage_masks(n_layers: int, n_pos: int, l1: int, l2: int, *, abp: bool = True
     """Allowed attention routes ``[layer, query_pos, key_pos]`` (bool) of the staged intervention."""
     if not (isinstance(l1, int) and isinstance(l2, int) and 0 <= l1 <= l2 <= n_layers):
         raise ValueError(f"need 0 ≤ l1 ≤ l2 ≤ n_layers = {n_layers}, got l1={l1!r}, l2={l2!r}")
-    causal = torch.ones(n_pos, n_pos, dtype=torch.bool).tril()
+    causal = causal_mask(n_pos, n_pos)
     diag = torch.eye(n_pos, dtype=torch.bool)
     peek = diag.clone()
     peek[-1] = causal[-1]
@@ -67,7 +68,7 @@ def all_for_one_interventions(model, ids: torch.Tensor, l1: int, l2: int, *, ref
     s = model.shape
     n_pos = ids.shape[1]
     allowed = stage_masks(s.n_layers, n_pos, l1, l2, abp=abp, last_only=last_only)
-    causal = torch.ones(n_pos, n_pos, dtype=torch.bool).tril()
+    causal = causal_mask(n_pos, n_pos)
     items = []
     if cama and l1 > 0:
         ref = ids if reference_ids is None else reference_ids

@@ -6,17 +6,19 @@ For query row i (absolute position abs_i = i + query_offset) and key j:
 Row stats ([batch, head, query_pos]) and column stats ([batch, head, key_pos]) are reductions of A; see
 ``reference.py`` for every formula and ``_spec.py`` for the padding convention.  Implementations:
 ``reference`` (dense float64 spec), ``chunked`` (torch ops only), ``fused`` (CPU default: torch matmul per
-tile + a compiled C sweep per row, ``fused_cpu.py``), ``triton`` (FlashAttention-style kernels, GPU).
+tile + a compiled C sweep per row, ``fused_cpu.py``), ``triton`` (FlashAttention-style kernels, GPU); which one
+runs is decided by ``dispatch.plan`` alone (``INTERP_ATTN_IMPL`` forces a path).
 """
 
 from __future__ import annotations
 
-import os
+import warnings
 
 import torch
 
-from ._spec import COL_STATS, IMPLS, ROW_STATS, VALID_STATS, StatsSpec, output_names, validate
+from ._spec import COL_STATS, ROW_STATS, VALID_STATS, StatsSpec, causal_mask, output_names, validate
 from .chunked import chunked_stats
+from .dispatch import Plan, Request, check_impl, plan
 from .reference import reference_stats
 
 __all__ = [
@@ -24,10 +26,12 @@ __all__ = [
     "ROW_STATS",
     "VALID_STATS",
     "StatsSpec",
+    "causal_mask",
     "chunked_stats",
     "compute_attention_stats",
     "output_names",
     "reference_stats",
+    "run_plan",
     "triton_available",
 ]
 
@@ -60,7 +64,8 @@ def compute_attention_stats(
     impl="auto",
     memory_budget_mb=256,
     row_lse=None,
-) -> dict[str, torch.Tensor]:
+    value=None,
+):
     """Compute the requested attention statistics.
 
     Args:
@@ -78,19 +83,24 @@ def compute_attention_stats(
         sink_k, recent_w, distance_cap, top_k, key_set: parameters of mass_first, mass_recent, attn_distance,
             topk and mass_keyset (key_set: [batch, key_pos] bool).
         query_offset: absolute position of query row 0; default key_pos - query_pos.
-        impl: 'reference' | 'chunked' | 'fused' | 'triton' | 'auto' (triton on CUDA when importable; on CPU
-            'fused' when its C kernel builds and covers the request (not float64, not topk), else 'chunked').
-        memory_budget_mb: chunked-path working-set budget that sets the tile sizes.
+        impl: 'reference' | 'chunked' | 'fused' | 'triton' | 'auto', chosen by ``dispatch.plan`` (auto: triton on
+            CUDA, falling back to chunked with a warning where it cannot run; on CPU 'fused' when its C kernel
+            builds and covers the request (not float64, not topk), else 'chunked'; ``INTERP_ATTN_IMPL`` replaces
+            'auto').
+        memory_budget_mb: chunked-path working-set budget that sets the tile sizes (and the fused path's tile).
         row_lse: optional [batch, head, query_pos] precomputed LSE; lets the chunked path skip its LSE pass
             when a row strip needs several key tiles (ignored when one tile covers the strip).
+        value: optional [batch, kv_head, key_pos, d_head]: also return the attention output ``A @ v``
+            [batch, head, query_pos, d_head] (float32) from the statistics' own tiles — the fused CPU path only
+            (plain causal, no padding, no softcap); raises ``ValueError`` where the plan cannot do that.
 
     Returns:
         dict with one entry per requested stat ('topk' gives 'topk_idx' and 'topk_prob'
         [batch, head, query_pos, top_k]); row stats [batch, head, query_pos], column stats
         [batch, head, key_pos].  Float32 values (float64 for float64 inputs and for impl='reference').
+        With ``value``: ``(out, dict)``.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {list(IMPLS)}, got {impl!r}")
+    check_impl(impl)
     if not isinstance(memory_budget_mb, (int, float)) or not memory_budget_mb > 0:
         raise ValueError(f"memory_budget_mb must be a positive number, got {memory_budget_mb!r}")
     spec = validate(
@@ -110,39 +120,59 @@ def compute_attention_stats(
         query_offset=query_offset,
         row_lse=row_lse,
     )
-    if not spec.stats:
+    if not spec.stats and value is None:
         return {}
-    if impl == "auto":
-        if q.is_cuda and triton_available():
-            impl = "triton"
-        else:
-            from .fused_cpu import supports
+    p = plan(Request.of(q, k, stats=spec.stats, impl=impl, want_output=value is not None,
+                        row_lse=spec.row_lse is not None, padding=spec.key_padding_mask is not None,
+                        window=spec.window, softcap=spec.softcap))
+    if value is not None and not p.fused_output:
+        raise ValueError(f"the layer output comes from the statistics kernel only on the fused CPU path "
+                         f"(plain causal, no padding or softcap); this call runs {p.impl} ({p.reason})")
+    return run_plan(p, q, k, spec, value=value, memory_budget_mb=memory_budget_mb)
 
-            impl = "fused" if supports(q, k, spec) else "chunked"
-    if impl == "reference":
-        return reference_stats(q, k, spec)
-    if impl == "chunked":
-        return chunked_stats(q, k, spec, memory_budget_mb=memory_budget_mb)
-    if impl == "fused":
-        from .fused_cpu import SUPPORTED, fused_stats, load
 
-        if q.device.type != "cpu":
-            raise ValueError("impl='fused' is the CPU path; use impl='triton' (or 'auto') for CUDA tensors")
-        if not spec.stats <= SUPPORTED:
-            raise ValueError(f"impl='fused' does not compute {sorted(spec.stats - SUPPORTED)}; use impl='chunked'")
-        if torch.float64 in (q.dtype, k.dtype):
-            raise ValueError("impl='fused' computes in float32; use impl='chunked' for float64 inputs")
-        load()  # raises RuntimeError saying why the kernel cannot be built
-        # logits per tile: 16 MB by default; a smaller memory budget shrinks it (a tile takes ~1/16 of it)
-        tile = min(2**22, max(2**12, int(memory_budget_mb * 2**20) // 64))
-        return fused_stats(q, k, spec, tile_elems=tile)
-    if not triton_available():
-        raise ValueError("impl='triton' requested but triton is not importable")
-    if not q.is_cuda:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 (set it before import)")
-        if torch.bfloat16 in (q.dtype, k.dtype):
-            raise ValueError("impl='triton' on CPU (TRITON_INTERPRET=1) takes fp16/fp32/fp64, not bfloat16")
+def run_plan(p: Plan, q, k, spec: StatsSpec, *, value=None, memory_budget_mb=256):
+    """Run the kernel ``p.impl`` (``p.fallback`` with a one-line warning if it fails to compile)."""
+    if p.warning:
+        warnings.warn(p.warning, RuntimeWarning, stacklevel=3)
+    try:
+        return _KERNELS[p.impl](q, k, spec, value, memory_budget_mb)
+    except _compile_errors(p) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"attention statistics: the {p.impl} kernel failed to compile ({type(e).__name__}: "
+                      f"{first}); falling back to the {p.fallback} path", RuntimeWarning, stacklevel=3)
+        return _KERNELS[p.fallback](q, k, spec, value, memory_budget_mb)
+
+
+def _compile_errors(p: Plan) -> tuple:
+    """Exceptions that mean "this kernel cannot be built here" (only caught when the plan has a fallback)."""
+    if p.fallback is None or p.impl != "triton":
+        return ()
+    from triton.compiler.errors import TritonError
+
+    return (TritonError,)
+
+
+def _reference(q, k, spec, value, memory_budget_mb):
+    return reference_stats(q, k, spec)
+
+
+def _chunked(q, k, spec, value, memory_budget_mb):
+    return chunked_stats(q, k, spec, memory_budget_mb=memory_budget_mb)
+
+
+def _fused(q, k, spec, value, memory_budget_mb):
+    from .fused_cpu import fused_stats
+
+    # logits per tile: 16 MB by default; a smaller memory budget shrinks it (a tile takes ~1/16 of it)
+    tile = min(2**22, max(2**12, int(memory_budget_mb * 2**20) // 64))
+    return fused_stats(q, k, spec, tile_elems=tile, v=value)
+
+
+def _triton(q, k, spec, value, memory_budget_mb):
     from .triton_impl import triton_stats
 
     return triton_stats(q, k, spec)
+
+
+_KERNELS = {"reference": _reference, "chunked": _chunked, "fused": _fused, "triton": _triton}

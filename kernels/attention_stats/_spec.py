@@ -1,4 +1,5 @@
-"""Shared definitions for the attention-statistics engine: stat names, input validation, masks, counts.
+"""Shared definitions for the attention-statistics engine: stat names, input validation, masks (``causal_mask``),
+counts.
 
 Notation (all implementations follow it exactly):
 
@@ -187,6 +188,20 @@ def validate(
         key_set,
         row_lse,
     )
+
+
+def causal_mask(query_pos: int, key_pos: int, *, query_offset: int | None = None, window: int | None = None,
+                device=None) -> torch.Tensor:
+    """``[query_pos, key_pos]`` bool, True where query row i may attend key j: ``j <= abs_i`` and, with a
+    sliding window, ``abs_i - j < window``, where ``abs_i = i + query_offset`` (default ``key_pos - query_pos``:
+    the queries are the last positions, as with a KV cache).  The one causal-mask builder of the project."""
+    off = key_pos - query_pos if query_offset is None else query_offset
+    i = torch.arange(query_pos, device=device)[:, None] + off
+    j = torch.arange(key_pos, device=device)[None, :]
+    allowed = j <= i
+    if window is not None:
+        allowed &= (i - j) < window
+    return allowed
 
 
 def output_names(stats: frozenset) -> list[str]:

@@ -19,6 +19,7 @@ import math
 import torch
 
 from . import compute_attention_stats
+from ._spec import causal_mask
 
 DIVERGENCES = ("js", "kl", "kl_rev", "tv")
 
@@ -37,12 +38,7 @@ def _check(q1, k1, q2, k2, stats):
 
 
 def _allowed(nq, nk, offset, window, kpm, device):
-    i = torch.arange(nq, device=device)[:, None] + offset
-    j = torch.arange(nk, device=device)[None, :]
-    ok = j <= i
-    if window is not None:
-        ok = ok & (i - j < window)
-    ok = ok[None, None]  # [1, 1, query, key]
+    ok = causal_mask(nq, nk, query_offset=offset, window=window, device=device)[None, None]  # [1, 1, query, key]
     if kpm is not None:
         ok = ok & kpm[:, None, None, :]
     return ok

@@ -26,16 +26,12 @@ import math
 
 import torch
 
-from ._spec import StatsSpec, output_names
+from ._spec import StatsSpec, causal_mask, output_names
 
 
 def allowed_mask(spec: StatsSpec, batch: int, query_pos: int, key_pos: int, device) -> torch.Tensor:
     """Bool [batch, 1, query_pos, key_pos]: key j allowed for valid query row i."""
-    absi = torch.arange(query_pos, device=device)[:, None] + spec.query_offset
-    j = torch.arange(key_pos, device=device)[None, :]
-    m = j <= absi
-    if spec.window is not None:
-        m = m & (absi - j < spec.window)
+    m = causal_mask(query_pos, key_pos, query_offset=spec.query_offset, window=spec.window, device=device)
     m = m[None].expand(batch, query_pos, key_pos)
     if spec.key_padding_mask is not None:
         pad = spec.key_padding_mask

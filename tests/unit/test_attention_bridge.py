@@ -97,7 +97,7 @@ def test_fused_path_gives_the_forward_output_and_the_stats(family, monkeypatch):
     cap = interp.attention.StatsCapture(stats, layers=[0, 1], token_ids=ids, key_padding_mask=None, impl="auto",
                                         memory_budget_mb=256, params={"distance_cap": 8})
     plain = m.logits(ids)
-    with torch.no_grad(), m.hooks({}, stats=cap):
+    with torch.no_grad(), m.hooks({}, capture=cap):
         fused_logits = m.hf(ids, use_cache=False).logits
     # output + statistics from one fused pass; gemma3's layer 0 is a sliding layer that HF hands an explicit mask,
     # so it takes the SDPA + second-pass route (the fused kernel without v)
