@@ -2,6 +2,7 @@
 
     python benchmarks/_gpu_check.py env OUT.json               # versions, GPU, CUDA availability
     python benchmarks/_gpu_check.py default OUT.json REPORT_DIR  # default model on CUDA: report + golden scores
+        [--device cpu --analyses attention_basics --no-golden]     # (a quick check of this code on CPU)
     python benchmarks/_gpu_check.py qwen OUT.json [--n 32768]    # Qwen2.5-Coder-0.5B, all statistics, 32K tokens
     python benchmarks/_gpu_check.py summary OUTDIR               # merge OUTDIR/steps.jsonl into summary.json
 
@@ -31,6 +32,11 @@ def _write(path, rec):
     tmp = p.with_suffix(p.suffix + ".tmp")
     tmp.write_text(json.dumps(rec, indent=1, default=str))
     tmp.replace(p)
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _peak_gb():
@@ -80,25 +86,26 @@ def _golden_diff(model) -> dict:
                 max_abs_diff=float(diff.max()), per_score={f"{a}/{s}": float(v) for (a, s), v in per.items()})
 
 
-def default(out, report_dir):
-    """Load the default model on CUDA; run the full report; then the golden scores vs their CPU values."""
+def default(out, report_dir, device="cuda", analyses=None, golden=True):
+    """Load the default model on ``device``; run the report (``analyses``: names, None = every default one);
+    then the golden default-model scores vs their CPU values.  device='cpu' only checks this code."""
     rec = dict(status="running")
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         return _write(out, dict(status="skipped", reason="no CUDA device"))
     try:
         import interp
         from interp.report.runner import run_report
 
         t = time.perf_counter()
-        model = interp.load_model("default", device="cuda")
+        model = interp.load_model("default", device=device)
         rec.update(load_s=time.perf_counter() - t, device=str(model.device), dtype=str(model.dtype))
         t = time.perf_counter()
-        res = run_report(model, None, report_dir, progress=False, force=True)
+        res = run_report(model, analyses, report_dir, progress=False, force=True)
         rec.update(report_s=time.perf_counter() - t, report_dir=str(res.out), computed=list(res.computed),
                    score_rows=len(res.scores), peak_gpu_gb=_peak_gb())
         _write(out, rec)
         t = time.perf_counter()
-        rec.update(golden=_golden_diff(model), golden_s=time.perf_counter() - t, status="ok")
+        rec.update(golden=_golden_diff(model) if golden else "not run", golden_s=time.perf_counter() - t, status="ok")
     except Exception as e:  # noqa: BLE001 - recorded for the summary; the script goes on
         rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
     rec["peak_gpu_gb"] = _peak_gb()
@@ -106,9 +113,10 @@ def default(out, report_dir):
     return rec
 
 
-def qwen(out, n=32768):
-    """Qwen2.5-Coder-0.5B (bf16, CUDA): every statistic of every head at n tokens in one forward."""
-    if not torch.cuda.is_available():
+def qwen(out, n=32768, device="cuda"):
+    """Qwen2.5-Coder-0.5B (bf16, CUDA, the Triton path): every statistic of every head at n tokens in one
+    forward (topk apart).  device='cpu' (fp32, impl='auto') only checks this code."""
+    if device == "cuda" and not torch.cuda.is_available():
         return _write(out, dict(status="skipped", reason="no CUDA device"))
     if importlib.util.find_spec(QWEN_PACKAGE) is None:
         return _write(out, dict(status="skipped", reason=f"package {QWEN_PACKAGE} (Qwen2.5-Coder-0.5B weights) "
@@ -119,22 +127,35 @@ def qwen(out, n=32768):
         from interp.kernels.attention_stats import VALID_STATS
 
         t = time.perf_counter()
-        model = interp.load_model("qwen2.5-coder-0.5b", dtype=torch.bfloat16, device="cuda")
+        cuda = device == "cuda"
+        impl = "triton" if cuda else "auto"
+        model = interp.load_model("qwen2.5-coder-0.5b", dtype=torch.bfloat16 if cuda else torch.float32, device=device)
         rec.update(load_s=time.perf_counter() - t, layers=model.shape.n_layers, heads=model.shape.n_heads)
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(100, 20000, (1, n), generator=g)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        _sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        _write(out, rec)
+        kernel_stats = [s for s in VALID_STATS if s != "topk"]  # topk runs on the chunked path: timed apart
         t = time.perf_counter()
-        st = interp.attention_stats(model, ids, stats=list(VALID_STATS), impl="triton", key_set=(ids % 7 == 0))
-        torch.cuda.synchronize()
+        st = interp.attention_stats(model, ids, stats=kernel_stats, impl=impl, key_set=(ids % 7 == 0))
+        _sync()
         rec.update(stats_forward_s=time.perf_counter() - t, peak_gpu_gb=_peak_gb(), stats=sorted(st.values),
                    finite=all(bool(torch.isfinite(v.float()).all()) for v in st.values.values()),
                    mean_entropy=float(st["entropy"].mean()), mean_mass_first=float(st["mass_first"].mean()))
+        _write(out, rec)
+        del st
+        t = time.perf_counter()
+        top = interp.attention_stats(model, ids, stats=["topk"], impl=impl, top_k=5)
+        _sync()
+        rec.update(topk_forward_s=time.perf_counter() - t, topk_shape=list(top["topk_idx"].shape),
+                   peak_gpu_gb=_peak_gb())
+        _write(out, rec)
         t = time.perf_counter()
         with torch.no_grad():
             model.forward(ids)
-        torch.cuda.synchronize()
+        _sync()
         rec.update(plain_forward_s=time.perf_counter() - t, status="ok")
     except Exception as e:  # noqa: BLE001 - recorded for the summary; the script goes on
         rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
@@ -167,28 +188,41 @@ def summary(outdir):
                 s["result"] = json.loads(f.read_text())
             except json.JSONDecodeError as e:
                 s["result"] = f"unreadable: {e}"
-    if (d / "pytest_gpu.xml").is_file():
-        rec["pytest"] = _junit(d / "pytest_gpu.xml")
+    for name in ("pytest_parity", "pytest_rest"):
+        if (d / f"{name}.xml").is_file():
+            rec[name] = _junit(d / f"{name}.xml")
     _write(d / "summary.json", rec)
     for s in steps:
-        print(f"{s['step']:>10}: {s['status']:<8} {float(s.get('seconds', 0)):6.1f} s  {s.get('reason', '')}")
+        print(f"{s['step']:>13}: {s['status']:<8} {float(s.get('seconds', 0)):6.1f} s  {s.get('reason', '')}")
     return rec
 
 
 def main(argv):
-    if not argv:
-        raise SystemExit(__doc__)
-    cmd, *rest = argv
-    if cmd == "env":
-        env(*rest)
-    elif cmd == "default":
-        default(*rest)
-    elif cmd == "qwen":
-        qwen(rest[0], int(rest[2]) if len(rest) > 2 and rest[1] == "--n" else 32768)
-    elif cmd == "summary":
-        summary(*rest)
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("env").add_argument("out")
+    d = sub.add_parser("default")
+    d.add_argument("out")
+    d.add_argument("report_dir")
+    d.add_argument("--device", default="cuda", help="cpu: check this script without a GPU")
+    d.add_argument("--analyses", default=None, help="comma-separated (default: every default analysis)")
+    d.add_argument("--no-golden", action="store_true")
+    qw = sub.add_parser("qwen")
+    qw.add_argument("out")
+    qw.add_argument("--n", type=int, default=32768)
+    qw.add_argument("--device", default="cuda", help="cpu: check this script without a GPU")
+    sub.add_parser("summary").add_argument("outdir")
+    a = p.parse_args(argv)
+    if a.cmd == "env":
+        env(a.out)
+    elif a.cmd == "default":
+        default(a.out, a.report_dir, a.device, a.analyses.split(",") if a.analyses else None, not a.no_golden)
+    elif a.cmd == "qwen":
+        qwen(a.out, a.n, a.device)
     else:
-        raise SystemExit(f"unknown step {cmd!r}; use env, default, qwen or summary")
+        summary(a.outdir)
 
 
 if __name__ == "__main__":

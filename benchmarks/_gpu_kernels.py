@@ -177,6 +177,7 @@ def run_gpu(*, n=32768, layers=32, heads=32, kv=8, d=128, reps=10, dry_run=False
         m = _measure(fn, reps, timer, device)
         rows.append(dict(_row(name, passes, m, layers, flop_qk), check=_check(ast, q, k, lse, stats, given),
                          kernels=_resources(q, k, stats, hint)))
+        _write(dict(status="partial", rows=rows), out)  # a timeout keeps what was measured
     verdict = _verdict(rows)
     shape = dict(batch=1, heads=heads, kv_heads=kv, d_head=d, n=n, layers=layers, dtype=str(dtype))
     rec = dict(status="ok" if verdict["checks_ok"] else "failed", shape=shape,
@@ -222,5 +223,6 @@ def _write(rec, out):
         tmp = p.with_suffix(p.suffix + ".tmp")
         tmp.write_text(json.dumps(rec, indent=1, default=str))
         tmp.replace(p)
-        print(f"wrote {p}")
+        if rec.get("status") != "partial":
+            print(f"wrote {p}")
     return rec

@@ -87,11 +87,16 @@ def jit_source(launch, target):
     fn = launch.kernel
     backend = make_backend(target)
     try:
+        from triton import knobs
+
+        kwargs = dict(launch.kwargs)  # the options JITFunction.run adds before binding
+        kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
+        kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+        kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
         binder = create_function_from_signature(fn.signature, fn.params, backend)
-        bound, specialization, options = binder(*launch.args, **launch.kwargs)
-        options, signature, constexprs, attrs = fn._pack_args(backend, launch.kwargs, bound, specialization,
-                                                              options)
-    except (AttributeError, TypeError) as e:  # private Triton API (3.9); say so instead of a deep traceback
+        bound, specialization, options = binder(*launch.args, **kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    except (AttributeError, TypeError, ImportError) as e:  # private Triton API (3.9): say so, no deep traceback
         import triton
 
         raise RuntimeError(f"triton {triton.__version__}: the JIT's binder API changed ({e}); triton_aot "
