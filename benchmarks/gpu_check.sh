@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
 # Steps, each under its own `timeout` (a hang costs only that step; the caps add up to 290 s):
-#   env      (10 s)  versions, GPU, triton_supported per dtype          -> env.json
+#   env      (15 s)  versions, GPU, triton_supported per dtype          -> env.json
 #   pytest_parity (70 s) python -m pytest -m gpu tests/gpu/test_triton_gpu_parity.py (the compile-heavy
 #                    dtype x d_head x n matrix)                         -> pytest_parity.xml, pytest_parity.log
 #   pytest_rest (50 s) python -m pytest -m gpu tests, the parity file left out (scale, 2**31, model, AOT vs
@@ -14,7 +14,7 @@
 #   default  (55 s)  the default model on CUDA: `interp report` of every analysis (run_report on the model
 #                    loaded with device="cuda"), then the golden default-model scores vs their CPU values
 #                                                                       -> default.json, report_default/
-#   qwen     (60 s)  Qwen2.5-Coder-0.5B bf16, 32K tokens, every statistic (topk, which runs on the chunked
+#   qwen     (55 s)  Qwen2.5-Coder-0.5B bf16, 32K tokens, every statistic (topk, which runs on the chunked
 #                    path, timed apart): time and peak GPU memory; skipped with the reason when its package
 #                    is not installed                                   -> qwen.json
 # JSON is written as each part finishes, so a step that times out keeps what it measured (pytest -v logs
@@ -48,7 +48,7 @@ step() {  # name timeout_s json_file command...
     shift 3
     local log="$name.log" t0 t1 rc status reason=""
     t0=$(date +%s%N)
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$log" 2>&1
+    timeout --kill-after=5 "$limit" "$@" > "$OUT/$log" 2>&1
     rc=$?
     t1=$(date +%s%N)
     case $rc in
@@ -71,7 +71,7 @@ skip() {  # name reason
     echo "[gpu_check] $1: skipped ($2)"
 }
 
-step env 10 env.json "$PY" benchmarks/_gpu_check.py env "$OUT/env.json"
+step env 15 env.json "$PY" benchmarks/_gpu_check.py env "$OUT/env.json"
 if [ "${GPU_CHECK_FORCE:-0}" != 1 ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     for s in pytest_parity pytest_rest kernels default qwen; do skip "$s" "no CUDA GPU on this machine"; done
 else
@@ -81,6 +81,6 @@ else
     step pytest_rest 50 "" "${PYTEST[@]}" tests --ignore="$PARITY" --junitxml="$OUT/pytest_rest.xml"
     step kernels 45 kernels.json "$PY" benchmarks/attention_stats_kernels.py --gpu-only --gpu-out "$OUT/kernels.json"
     step default 55 default.json "$PY" benchmarks/_gpu_check.py default "$OUT/default.json" "$OUT/report_default"
-    step qwen 60 qwen.json "$PY" benchmarks/_gpu_check.py qwen "$OUT/qwen.json" --n "${GPU_CHECK_QWEN_N:-32768}"
+    step qwen 55 qwen.json "$PY" benchmarks/_gpu_check.py qwen "$OUT/qwen.json" --n "${GPU_CHECK_QWEN_N:-32768}"
 fi
 "$PY" benchmarks/_gpu_check.py summary "$OUT" | tee "$OUT/summary.txt"
