@@ -6,9 +6,12 @@ typical request (lse, entropy, mass_first, col_sum, col_alpha, argmax), interlea
 both alike, for each ``--impls``: ``chunked`` (torch ops), ``fused`` (matmul + C sweep, computing its own
 LSE) and ``fused+lse`` (given the row LSE that the flash SDPA kernel returns, as inside a model forward).
 Prints a table and writes JSON to reports/bench/attention_stats_kernels.json.
-``--gpu``: additionally time the Triton path on an 8B-shaped layer (32 heads, 8 kv, d 128, bf16, 32K) if CUDA.
+``--gpu``: additionally benchmark the Triton path on an 8B-shaped layer (32 heads, 8 kv, d 128, bf16, 32K) against
+the flash SDPA forward (``benchmarks/_gpu_kernels.py``; JSON to ``--gpu-out``); ``--gpu-only``: only that (the
+CPU sweep needs a C compiler and minutes).
 
     python benchmarks/attention_stats_kernels.py [--n 512 2048 8192] [--reps 3] [--layers 30] [--gpu]
+    python benchmarks/attention_stats_kernels.py --gpu-only [--gpu-n 32768] [--gpu-reps 10] [--gpu-out PATH]
 """
 
 from __future__ import annotations
@@ -91,10 +94,21 @@ def main(argv=None):
     ap.add_argument("--impls", nargs="+", default=["chunked", "fused", "fused+lse"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--gpu", action="store_true", help="also time Triton on an 8B-shaped layer (needs CUDA)")
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU benchmark (no CPU sweep)")
+    ap.add_argument("--gpu-n", type=int, default=32768, help="tokens of the GPU benchmark layer")
+    ap.add_argument("--gpu-reps", type=int, default=10, help="timed repetitions on the GPU (at least 10)")
+    ap.add_argument("--gpu-out", default=str(ROOT / "reports" / "bench" / "attention_stats_gpu.json"))
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "attention_stats_kernels.json"))
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.gpu or a.gpu_only:
+        _kernels()  # registers interp.kernels on a plain checkout
+        from _gpu_kernels import run_gpu
+
+        run_gpu(n=a.gpu_n, reps=a.gpu_reps, out=a.gpu_out)
+        if a.gpu_only:
+            return
     rows = []
     print(
         f"CPU, batch 1, 9 heads / 3 kv heads, d_head 64, fp32, threads={torch.get_num_threads()}, "
@@ -120,22 +134,6 @@ def main(argv=None):
             )
         )
         print(f"{impl:>10} {n:>6} {t_sdpa:>9.3f} {t_stats:>9.3f} {t_stats / t_sdpa:>6.2f} {t_stats * a.layers:>22.1f}")
-    if a.gpu:
-        if torch.cuda.is_available():
-            n, L, H, KV, D = 32768, 32, 32, 8, 128
-            qk_flop = 2 * D * H * n * (n + 1) / 2  # one causal QKᵀ per layer
-            for impl in ("triton", "triton+lse"):
-                t_sdpa, t_stats = bench_layer(n, a.reps, heads=H, kv=KV, d=D, dtype=torch.bfloat16,
-                                              device="cuda", impl=impl)
-                rows.append(dict(device=torch.cuda.get_device_name(), impl=impl, n=n, heads=H, kv_heads=KV,
-                                 d_head=D, dtype="bfloat16", sdpa_s=t_sdpa, stats_s=t_stats,
-                                 ratio=t_stats / t_sdpa, model_stats_s=t_stats * L, model_sdpa_s=t_sdpa * L,
-                                 effective_qk_tflops=qk_flop / t_stats / 1e12))
-                print(f"GPU {impl} 8B-shaped layer n={n}: sdpa {t_sdpa:.4f}s stats {t_stats:.4f}s "
-                      f"({L} layers: {t_stats * L:.2f}s, sdpa {t_sdpa * L:.2f}s; "
-                      f"{qk_flop / t_stats / 1e12:.0f} effective QK-TFLOP/s)", flush=True)
-        else:
-            print("--gpu: no CUDA device, skipped")
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(stats=list(TYPICAL), results=rows), indent=2))
