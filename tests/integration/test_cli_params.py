@@ -259,3 +259,17 @@ def test_config_loader_fuzz(tmp_path_factory, monkeypatch):
         assert not (root / "out").exists()
 
     check()
+
+
+def test_report_parts_written_before_levels_resume(tmp_path):
+    """A folder from before the ``level`` column: its parts load (level derived) instead of failing."""
+    import pandas as pd
+
+    out = tmp_path / "old"
+    args = ["report", "--model", "tiny-llama", "-a", "attention_basics", "--out", str(out), "-q", "--n-tokens", "16"]
+    assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
+    part = out / "parts" / "attention_basics.scores.parquet"
+    pd.read_parquet(part).drop(columns="level").to_parquet(part)
+    res = runner.invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0 and "resumed: attention_basics" in res.output, res.output
+    assert set(pd.read_parquet(out / "scores.parquet")["level"]) == {"head"}
