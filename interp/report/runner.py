@@ -93,8 +93,9 @@ def resolve_analyses(names) -> list[str]:
     return list(names)
 
 
-def _prepare_out(out: Path, model_name: str, *, force: bool) -> dict | None:
-    """Create/check the output folder; return the previous run.json (or None). Raises ``ReportError``."""
+def _prepare_out(out: Path, model_name: str, *, force: bool) -> tuple[dict | None, bool]:
+    """Create/check the output folder; return the previous run.json (or None) and whether ``--force`` is to
+    replace it (done by the caller once every input check has passed). Raises ``ReportError``."""
     if out.exists() and not out.is_dir():
         raise ReportError(f"output path {out} exists and is not a folder")
     try:
@@ -123,9 +124,8 @@ def _prepare_out(out: Path, model_name: str, *, force: bool) -> dict | None:
             if not force:
                 raise ReportError(f"output folder {out} holds a run of {' and '.join(why)}; "
                                   "choose another --out or pass --force to replace it")
-            _clear_run(out)
-            prev = None
-    return prev
+            return None, True
+    return prev, False
 
 
 def _clear_run(out: Path) -> None:
@@ -343,7 +343,7 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     per_params = _prepare_params(names, specs, params, n_tokens)
     model_name = model.name if not isinstance(model, str) else expected_model_name(model)
     created = not out.exists()
-    prev = _prepare_out(out, model_name, force=force)
+    prev, replace = _prepare_out(out, model_name, force=force)
     t0 = time.perf_counter()
     model = _load_model(model, out, created)
     load_seconds = time.perf_counter() - t0
@@ -352,6 +352,8 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     except ReportError:
         _remove_if_new(out, created)
         raise
+    if replace:  # --force over a run of another model / interp version: only now that every check passed
+        _clear_run(out)
     if prev is not None and prev.get("weights_hash") != model.weights_hash:
         if not force:
             raise ReportError(f"output folder {out} holds a run of {prev.get('model')!r} with weights "

@@ -273,3 +273,14 @@ def test_report_parts_written_before_levels_resume(tmp_path):
     res = runner.invoke(app, args, catch_exceptions=False)
     assert res.exit_code == 0 and "resumed: attention_basics" in res.output, res.output
     assert set(pd.read_parquet(out / "scores.parquet")["level"]) == {"head"}
+
+
+def test_force_replaces_another_run_only_after_every_check(tmp_path):
+    out = tmp_path / "run"
+    base = ["report", "--out", str(out), "-q", "--n-tokens", "16", "-a"]
+    assert runner.invoke(app, base + ["attention_basics", "--model", "tiny-llama"]).exit_code == 0
+    before = _tree_hash(out)
+    res = runner.invoke(app, base + ["retrieval", "--model", "tiny-qwen2", "--force", "-p", "retrieval.lengths=[300]"],
+                        catch_exceptions=False)
+    _assert_one_line(res.exit_code, res.output, "params.retrieval.lengths = [300]")
+    assert _tree_hash(out) == before, "--force deleted the old run although the new one was refused"
