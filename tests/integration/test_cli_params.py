@@ -284,3 +284,13 @@ def test_force_replaces_another_run_only_after_every_check(tmp_path):
                         catch_exceptions=False)
     _assert_one_line(res.exit_code, res.output, "params.retrieval.lengths = [300]")
     assert _tree_hash(out) == before, "--force deleted the old run although the new one was refused"
+
+
+def test_analyses_lists_every_parameter():
+    res = runner.invoke(app, ["analyses", "--params"], catch_exceptions=False)
+    assert res.exit_code == 0
+    for line in ("sinks.streaming.n_tokens (an int, default 256): tokens per window (> sink + window) [>= 2]",
+                 "taxonomy.ablation.k (an int, default 5)", "retrieval.lengths (a list of ints, default [500, 1000])",
+                 "model_divergence.model_b (a string, default '')", "duo_attention.steps (an int, default 30)",
+                 "vhd.image (a string or none, default None)"):
+        assert line in res.output, line
