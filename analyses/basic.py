@@ -15,11 +15,37 @@ recomputation from HF eager attention weights (``output_attentions=True``).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-DEFAULT_PARAMS = {"n_tokens": 128, "n_texts": 4, "texts_file": None}
+from interp.params import ParamError, Params, param
+
+
+@dataclass(frozen=True)
+class BasicParams(Params):
+    """Parameters of ``attention_basics``."""
+
+    n_tokens: int = param(128, "tokens per text (clamped to the model's context)", ge=2)
+    n_texts: int = param(4, "texts used (the first n)", ge=1)
+    texts_file: str | None = param(None, "UTF-8 file of texts separated by blank lines (default: built-in texts)")
+
+    def check(self, where):
+        if self.texts_file is None:
+            return
+        path = Path(self.texts_file).expanduser()
+        if not path.is_file():
+            raise ParamError(f"{where}.texts_file = {self.texts_file!r}: no such file; give a UTF-8 text file "
+                             "with texts separated by blank lines")
+        try:
+            texts = _split(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise ParamError(f"{where}.texts_file = {self.texts_file!r}: cannot be read as UTF-8 text "
+                             f"({type(e).__name__})") from None
+        if not texts:
+            raise ParamError(f"{where}.texts_file = {self.texts_file!r}: the file holds no text; give texts "
+                             "separated by blank lines")
 
 TEXTS = [
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
@@ -46,22 +72,23 @@ TEXTS = [
 ]
 
 
-def _texts(params) -> list[str]:
-    if params.get("texts_file"):
-        raw = Path(params["texts_file"]).read_text(encoding="utf-8")
-        texts = [t.strip() for t in raw.split("\n\n") if t.strip()]
+def _split(raw: str) -> list[str]:
+    return [t.strip() for t in raw.split("\n\n") if t.strip()]
+
+
+def _texts(params: BasicParams) -> list[str]:
+    if params.texts_file:
+        texts = _split(Path(params.texts_file).expanduser().read_text(encoding="utf-8"))
     else:
         texts = TEXTS
-    n = int(params.get("n_texts") or len(texts))
-    if n < 1:
-        raise ValueError(f"n_texts must be >= 1, got {n}")
-    return texts[:n]
+    return texts[:params.n_texts]
 
 
 def data_files(params) -> list[dict]:
     """Data read by this analysis: the texts file if given, else the built-in texts (hashed as one blob)."""
-    if params.get("texts_file"):
-        return [{"path": str(params["texts_file"])}]
+    params = BasicParams.coerce(params, where="attention_basics")
+    if params.texts_file:
+        return [{"path": str(params.texts_file)}]
     blob = "\n\n".join(_texts(params)).encode()
     return [{"path": "builtin:interp.analyses.basic.TEXTS", "sha256": hashlib.sha256(blob).hexdigest()}]
 
@@ -78,7 +105,7 @@ def head_stats(pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def run(model, params: dict, out_dir=None) -> dict:
+def run(model, params: BasicParams | dict | None = None, out_dir=None) -> dict:
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -86,9 +113,8 @@ def run(model, params: dict, out_dir=None) -> dict:
     from interp.scores import ScoreTable
     from interp.sites import Site
 
-    n_tokens = int(params.get("n_tokens") or DEFAULT_PARAMS["n_tokens"])
-    if n_tokens < 2:
-        raise ValueError(f"n_tokens must be >= 2 (query position 0 is excluded), got {n_tokens}")
+    params = BasicParams.coerce(params, where="attention_basics")
+    n_tokens = params.n_tokens
     if model.shape.n_ctx:
         n_tokens = min(n_tokens, model.shape.n_ctx)
     s = model.shape

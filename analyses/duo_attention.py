@@ -26,11 +26,13 @@ dense float64 sink+recent masked computation, and TSV round trip.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from interp.kernels.attention_stats import causal_mask
+from interp.params import ParamError, Params, check_context, param
 
 _ALPHA_ATTR = "_duo_alpha"
 
@@ -273,3 +275,68 @@ def compare(model, alpha, *, retrieval_scores=None, n_tokens: int = 1024, sink: 
             out[f"spearman_alpha_retrieval_{how}"] = spearman(a, r)
             out[f"spearman_proxy_retrieval_{how}"] = spearman(proxy, r)
     return out
+
+
+# --- the report entry ("duo_attention" in interp.analyses.registry) -------------------------------------------
+OFFICIAL_TSV = "full_attention_heads.tsv"  # the file name DuoAttention's own training writes
+
+
+@dataclass(frozen=True)
+class DuoParams(Params):
+    """Parameters of ``duo_attention`` (gate training on synthetic multi-passkey prompts)."""
+
+    steps: int = param(30, "training steps (the paper: 2000)", ge=0)
+    n_tokens: int = param(1024, "tokens per passkey prompt (> sink + recent)", ge=2)
+    n_keys: int = param(3, "passkeys per prompt", ge=1, le=8)
+    sink: int = param(16, "streaming sink tokens", ge=0)
+    recent: int = param(64, "streaming recent window", ge=1)
+    lam: float = param(0.05, "L1 weight λ on the gates", ge=0)
+    lr: float = param(0.02, "Adam learning rate", gt=0)
+    seed: int = param(0, "prompt seed of step 0", ge=0)
+    threshold: float = param(0.5, "gate α at or above which a KV head is a retrieval head", ge=0, le=1)
+    max_seconds: float | None = param(None, "stop after the step that passes this wall time", gt=0)
+
+    def check(self, where):
+        if self.n_tokens <= self.sink + self.recent:
+            raise ParamError(f"{where}.n_tokens = {self.n_tokens}: must exceed sink + recent = "
+                             f"{self.sink + self.recent}")
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
+
+
+def run(model, params: DuoParams | dict | None = None, out_dir=None) -> dict:
+    """Report entry: train the gates; KV-head rows ``duo_alpha`` (α) and ``duo_retrieval_head`` (α ≥
+    threshold), model-level ``duo_mean_alpha`` and ``duo_distill_loss`` (last step), the training log."""
+    import pandas as pd
+
+    from interp.scores import ScoreTable
+
+    p = DuoParams.coerce(params, where="duo_attention")
+    log: list[dict] = []
+    gates = train_gates(model, steps=p.steps, n_tokens=p.n_tokens, n_keys=p.n_keys, sink=p.sink, recent=p.recent,
+                        lam=p.lam, lr=p.lr, seed=p.seed, log=log.append, max_seconds=p.max_seconds)
+    alpha = gates.alpha.detach().cpu().double()  # [layer, kv_head]
+    common = dict(model=model.name, analysis="duo_attention", n_samples=len(log))
+    tables = [ScoreTable.from_matrix(alpha, score="duo_alpha", kv=True, **common),
+              ScoreTable.from_matrix(retrieval_kv_heads(alpha, threshold=p.threshold).astype(float),
+                                     score="duo_retrieval_head", kv=True, **common),
+              ScoreTable.scalar(float(alpha.mean()), score="duo_mean_alpha", **common)]
+    if log:
+        tables.append(ScoreTable.scalar(log[-1]["distill"], score="duo_distill_loss", **common))
+    training = pd.DataFrame([{k: v for k, v in r.items() if k != "alpha"} for r in log],
+                            columns=["step", "loss", "distill", "mean_alpha", "seconds"])
+    return {"scores": ScoreTable.concat(tables), "training": training}
+
+
+def write_official(results, params, out_dir) -> list:
+    """The official TSV of the gates (one row per layer, one column per KV head) in ``out_dir``."""
+    from pathlib import Path
+
+    rows = results["scores"]
+    rows = rows[rows["score"] == "duo_alpha"]
+    alpha = np.full((int(rows["layer"].max()) + 1, int(rows["kv_head"].max()) + 1), np.nan)
+    alpha[rows["layer"].to_numpy(), rows["kv_head"].to_numpy()] = rows["value"].to_numpy()
+    path = Path(out_dir) / OFFICIAL_TSV
+    save_duo_tsv(alpha, path)
+    return [path]

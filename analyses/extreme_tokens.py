@@ -27,7 +27,43 @@ equals a one-hot-on-key-0 pattern hook (dense) on a tiny model, head by head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from interp.params import ParamError, Params, check_context, param
+
+
+@dataclass(frozen=True)
+class ExtremeTokensParams(Params):
+    """Value drains, residual peaks, massive activations (``[params.sinks.extreme]``)."""
+
+    enabled: bool = param(True, "run this part of the sinks analysis")
+    n_samples: int = param(2, "prose windows", ge=1)
+    n_tokens: int = param(256, "tokens per window", ge=2)
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
+
+
+@dataclass(frozen=True)
+class ActiveDormantParams(Params):
+    """Active/dormant heads: Δloss of moving each head's attention to token 0, per domain
+    (``[params.sinks.dormant]``; off by default: one forward per layer per domain)."""
+
+    enabled: bool = param(False, "run this part of the sinks analysis")
+    domains: tuple[str, ...] = param(("prose", "code"), "text domains compared (at least two)",
+                                     choices=("prose", "code", "random", "repeated"))
+    n_samples: int = param(4, "samples per domain", ge=1)
+    n_tokens: int = param(128, "tokens per sample", ge=2)
+    tol: float = param(0.01, "|Δloss| below which a head is dormant (nats)", gt=0)
+
+    def check(self, where):
+        if len(set(self.domains)) < 2:
+            raise ParamError(f"{where}.domains = {list(self.domains)}: give at least two different domains")
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
 
 
 def value_drains(model, ids: torch.Tensor) -> torch.Tensor:
@@ -164,13 +200,11 @@ def extreme_token_scores(model, ids: torch.Tensor | None = None, *, n_samples: i
     norms, counts, _ = residual_stats(model, ids)
     L, B, T = norms.shape
     peak = norms[:, :, 0] / norms[:, :, 1:].median(-1).values
-    per_layer = lambda v, name: ScoreTable.validate(pd.DataFrame({  # noqa: E731
-        "model": model.name, "analysis": "sinks", "score": name, "layer": range(L), "head": -1,
-        "value": v.numpy(), "n_samples": B}))
+    common = dict(model=model.name, analysis="sinks", n_samples=B)
     scores = ScoreTable.concat([
-        ScoreTable.from_matrix(drains.mean(1), score="value_drain", model=model.name, analysis="sinks",
-                               n_samples=B),
-        per_layer(peak.mean(1), "resid_peak"), per_layer(counts.mean(1), "massive_acts")])
+        ScoreTable.from_matrix(drains.mean(1), score="value_drain", **common),
+        ScoreTable.from_layers(peak.mean(1), score="resid_peak", **common),
+        ScoreTable.from_layers(counts.mean(1), score="massive_acts", **common)])
     idx = np.stack(np.meshgrid(np.arange(L), np.arange(B), np.arange(T), indexing="ij"), -1).reshape(-1, 3)
     per_token = pd.DataFrame({"model": model.name, "analysis": "sinks", "score": "resid_norm", "layer": idx[:, 0],
                               "head": -1, "batch": idx[:, 1], "position": idx[:, 2],

@@ -32,11 +32,48 @@ default model for the same token ids.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from interp.params import ParamError, Params, check_context, param, sub
+
+from .waad_fai import WaadParams
+
 HEAD_TYPES = ("previous_token_head", "duplicate_token_head", "induction_head")
-DEFAULT_PARAMS = {"n_samples": 8, "half": 100, "exclude_bos": False, "exclude_current_token": False, "seed": 0,
-                  "ablation": True, "k": 5, "n_random": 5, "waad": True, "waad_window": 10}
+
+
+@dataclass(frozen=True)
+class AblationParams(Params):
+    """Zero the top-k induction heads vs k random heads (``[params.taxonomy.ablation]``)."""
+
+    enabled: bool = param(True, "run this part of the taxonomy analysis")
+    k: int = param(5, "heads zeroed at once", ge=1)
+    n_random: int = param(5, "random head sets", ge=1)
+
+    def check_model(self, model, where=""):
+        n = model.shape.n_layers * model.shape.n_heads
+        if self.k > n:
+            raise ParamError(f"{where}.k = {self.k}: {model.name} has only {n} heads")
+
+
+@dataclass(frozen=True)
+class TaxonomyParams(Params):
+    """Parameters of the ``taxonomy`` analysis (head types on ``r + r`` random tokens; sub-tables
+    ``[params.taxonomy.ablation]`` and ``[params.taxonomy.waad]``)."""
+
+    n_samples: int = param(8, "r + r sequences", ge=1)
+    half: int = param(100, "tokens in each half r", ge=1)
+    exclude_bos: bool = param(False, "TransformerLens exclude_bos")
+    exclude_current_token: bool = param(False, "TransformerLens exclude_current_token")
+    seed: int = param(0, "sampling seed", ge=0)
+    ablation: AblationParams = sub(AblationParams)
+    waad: WaadParams = sub(WaadParams)
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.half", 2 * self.half, "tokens (2 × half)", value=self.half,
+                      hint=f"choose half <= {model.shape.n_ctx // 2}")
+        super().check_model(model, where)
 
 
 def head_scores(model, ids: torch.Tensor, *, exclude_bos: bool = False, exclude_current_token: bool = False,
@@ -125,33 +162,33 @@ def ablation_check(model, scores: torch.Tensor, ids: torch.Tensor, *, k: int = 5
             "ratio": d_top / d_rand if d_rand > 0 else float("inf")}
 
 
-def run(model, params: dict, out_dir=None) -> dict:
+def run(model, params: TaxonomyParams | dict | None = None, out_dir=None) -> dict:
     """Registry entry "taxonomy": head-type scores on ``r + r`` random tokens, WAAD/FAI on prose, the ablation check."""
     import pandas as pd
 
     from interp.scores import ScoreTable
 
-    p = {**DEFAULT_PARAMS, **(params or {})}
-    ids = induction_probe(model, int(p["n_samples"]), int(p["half"]), seed=int(p["seed"]) + 1)
-    raw = head_scores(model, ids, exclude_bos=bool(p["exclude_bos"]),
-                      exclude_current_token=bool(p["exclude_current_token"]))
+    p = TaxonomyParams.coerce(params, where="taxonomy")
+    ids = induction_probe(model, p.n_samples, p.half, seed=p.seed + 1)
+    raw = head_scores(model, ids, exclude_bos=p.exclude_bos, exclude_current_token=p.exclude_current_token)
     common = dict(model=model.name, analysis="taxonomy", n_samples=ids.shape[0])
     tables = [ScoreTable.from_matrix(v, score=k.replace("_head", ""), **common) for k, v in raw.items()]
     out = {}
-    if p.get("ablation"):
-        eval_ids = induction_probe(model, int(p["n_samples"]), int(p["half"]), seed=int(p["seed"]) + 2)
-        res = ablation_check(model, raw["induction_head"], eval_ids, k=int(p["k"]), n_random=int(p["n_random"]),
-                             seed=int(p["seed"]))
+    if p.ablation.enabled:
+        eval_ids = induction_probe(model, p.n_samples, p.half, seed=p.seed + 2)
+        res = ablation_check(model, raw["induction_head"], eval_ids, k=p.ablation.k, n_random=p.ablation.n_random,
+                             seed=p.seed)
         for key in ("base_loss", "dloss_top", "dloss_random", "ratio"):
             tables.append(ScoreTable.scalar(res[key], score=f"induction_ablation_{key}", **common))
         draws = " ".join(f"{d:.4f}" for d in res["dloss_random_draws"])
         out["ablation"] = pd.DataFrame([{**res, "top_heads": " ".join(res["top_heads"]), "dloss_random_draws": draws}])
-    if p.get("waad"):
+    if p.waad.enabled:
         from interp.analyses._text import domain_samples
         from interp.analyses.waad_fai import waad_fai_scores
 
-        s, tok = waad_fai_scores(model, domain_samples(model, "prose", 2, 256, seed=int(p["seed"])),
-                                 window=int(p["waad_window"]))
+        w = p.waad
+        s, tok = waad_fai_scores(model, domain_samples(model, "prose", w.n_samples, w.n_tokens, seed=p.seed),
+                                 window=w.window)
         tables.append(s)
         out["per_token"] = tok
     return {"scores": ScoreTable.concat(tables), **out}

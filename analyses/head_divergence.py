@@ -20,9 +20,12 @@ W_O, and on a hand-built case where only one head can see the context.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 
+from interp.params import Params, param
 from interp.scores import ScoreTable
 from interp.sites import Site
 
@@ -128,7 +131,15 @@ def top_heads(scores: pd.DataFrame, score: str, k: int = 10) -> list[tuple[int, 
     return list(zip(sub["layer"].astype(int), sub["head"].astype(int)))
 
 
-DEFAULT_PARAMS = {"context_tokens": 300, "n_generate": 8, "depth": 0.5, "generated_only": False}
+@dataclass(frozen=True)
+class DivergenceParams(Params):
+    """Parameters of ``divergence`` (context-aware head divergence on the needle prompts)."""
+
+    context_tokens: int = param(300, "haystack tokens of each context (trimmed to fit the model's context)",
+                                ge=1)
+    n_generate: int = param(8, "greedy tokens generated and teacher-forced into both runs", ge=0)
+    depth: float = param(0.5, "needle depth in the context (0 = start, 1 = end)", ge=0, le=1)
+    generated_only: bool = param(False, "average over generated tokens only (else the whole suffix)")
 
 
 def needle_samples(model, *, context_tokens: int = 300, depth: float = 0.5):
@@ -146,10 +157,10 @@ def needle_samples(model, *, context_tokens: int = 300, depth: float = 0.5):
     return samples
 
 
-def run(model, params, out_dir=None):
+def run(model, params: DivergenceParams | dict | None = None, out_dir=None):
     """Report entry: context-aware divergence of every head on the needle prompts."""
-    p = {**DEFAULT_PARAMS, **(params or {})}
-    samples = needle_samples(model, context_tokens=p["context_tokens"], depth=p["depth"])
-    scores, per_token = context_divergence(model, samples, n_generate=p["n_generate"],
-                                           generated_only=bool(p["generated_only"]))
+    p = DivergenceParams.coerce(params, where="divergence")
+    samples = needle_samples(model, context_tokens=p.context_tokens, depth=p.depth)
+    scores, per_token = context_divergence(model, samples, n_generate=p.n_generate,
+                                           generated_only=p.generated_only)
     return {"scores": scores, "per_token": per_token}

@@ -25,7 +25,29 @@ pattern of a tiny model and checks ``classify_token`` on hand-written tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from interp.params import ParamError, Params, check_context, param
+
+
+@dataclass(frozen=True)
+class HiddenSinksParams(Params):
+    """Hidden (non-initial) sinks (``[params.sinks.hidden]``)."""
+
+    enabled: bool = param(True, "run this part of the sinks analysis")
+    n_samples: int = param(8, "prose windows", ge=1)
+    n_tokens: int = param(256, "tokens per window (> min_rows)", ge=2)
+    threshold: float = param(0.1, "α above which a key is a sink", gt=0, lt=1)
+    min_rows: int = param(16, "queries a key needs before its α counts", ge=1)
+
+    def check(self, where):
+        if self.n_tokens <= self.min_rows:
+            raise ParamError(f"{where}.n_tokens = {self.n_tokens}: must exceed min_rows = {self.min_rows}")
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
 
 CLASSES = ("punctuation", "newline", "delimiter", "other")
 _SENTENCE = set(".!?…")
@@ -92,9 +114,7 @@ def hidden_sinks(model, ids: torch.Tensor | None = None, *, threshold: float = 0
     for c in CLASSES:
         sub = sinks[sinks["class"] == c]
         per_layer = sub.groupby("layer").size().reindex(range(L), fill_value=0) / B
-        tables.append(ScoreTable.validate(pd.DataFrame({
-            "model": model.name, "analysis": "sinks", "score": f"hidden_sinks_{c}", "layer": range(L),
-            "head": -1, "value": per_layer.to_numpy(dtype=float), "n_samples": B})))
+        tables.append(ScoreTable.from_layers(per_layer.to_numpy(dtype=float), score=f"hidden_sinks_{c}", **common))
         share = len(sub) / len(sinks) if len(sinks) else 0.0
         tables.append(ScoreTable.scalar(share, score=f"hidden_sink_share_{c}", **common))
     return ScoreTable.concat(tables), sinks

@@ -17,11 +17,14 @@ and head outputs on short inputs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from interp.capture import Capture
+from interp.params import ParamError, Params, check_context, param
 from interp.scores import ScoreTable
-from interp.sites import Site
+from interp.sites import Site, parse_head
 
 
 class _QKCapture(Capture):
@@ -134,3 +137,73 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+# --- the report entry ("model_divergence" in interp.analyses.registry) ------------------------------------------
+@dataclass(frozen=True)
+class ModelDivergenceParams(Params):
+    """Parameters of ``model_divergence``: model A is the report's model; model B is ``model_b`` (a second
+    model of the same architecture) or, when ``model_b`` is empty, model A with the heads of ``ablate`` zeroed."""
+
+    model_b: str = param("", "second model: a model name, folder or .gguf (empty: model A itself, with ablate)")
+    ablate: tuple[str, ...] = param((), "heads zero-ablated in model B, as L{layer}H{head}")
+    domain: str = param("prose", "input text", choices=("prose", "code", "random", "repeated"))
+    n_tokens: int = param(128, "tokens of the input", ge=2)
+    seed: int = param(0, "sampling seed of the input", ge=0)
+    js: bool = param(True, "also compute the per-head attention Jensen-Shannon divergence")
+
+    def check(self, where):
+        if not self.model_b.strip() and not self.ablate:
+            raise ParamError(f"{where}.model_b = '': model_divergence compares two runs; set model_b to a second "
+                             f"model (e.g. --param model_divergence.model_b=tiny-llama) or {where}.ablate to heads "
+                             "zeroed in the second run (e.g. [\"L3H5\"])")
+        for h in self.ablate:
+            try:
+                parse_head(h)
+            except ValueError:
+                raise ParamError(f"{where}.ablate = {list(self.ablate)}: cannot read {h!r}; write heads as "
+                                 "L{layer}H{head}, e.g. L3H5") from None
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
+        if self.model_b.strip() and not _spec_exists(self.model_b.strip()):
+            raise ParamError(f"{where}.model_b = {self.model_b!r}: no such model here (not a packaged or tiny "
+                             "model, a local folder, a .gguf file or in the HF cache); see `interp models`")
+        s = model.shape
+        for h in self.ablate:
+            layer, head = parse_head(h)
+            if layer >= s.n_layers or head >= s.n_heads:
+                raise ParamError(f"{where}.ablate: {h} is outside {model.name} ({s.n_layers} layers × "
+                                 f"{s.n_heads} heads)")
+
+
+def _spec_exists(spec: str) -> bool:
+    """Whether ``load_model(spec)`` can find weights, without loading them."""
+    import os
+    from pathlib import Path
+
+    from interp.model import _in_hf_cache
+    from interp.registry import resolve_packaged
+    from interp.tiny import FAMILIES
+
+    if spec.startswith("tiny-"):
+        return spec[len("tiny-"):] in FAMILIES
+    return (resolve_packaged(spec) is not None or Path(os.path.expanduser(spec)).exists()
+            or _in_hf_cache(spec))
+
+
+def run(model, params: ModelDivergenceParams | dict | None = None, out_dir=None) -> dict:
+    """Report entry: every head of the report's model against ``model_b`` (or itself with ``ablate`` zeroed)
+    on one ``n_tokens`` sample of ``domain``."""
+    from interp.analyses._text import domain_samples
+    from interp.interventions import Zero
+
+    p = ModelDivergenceParams.coerce(params, where="model_divergence")
+    model_b = None
+    if p.model_b.strip():
+        from interp import load_model
+
+        model_b = load_model(p.model_b.strip(), dtype=model.dtype, device=str(model.device))
+    ids = domain_samples(model, p.domain, 1, p.n_tokens, seed=p.seed)
+    ablate = [Zero(Site(layer, "z", head)) for layer, head in map(parse_head, p.ablate)]
+    return {"scores": model_divergence(model, ids, model_b=model_b, interventions_b=ablate, js=p.js)}

@@ -32,7 +32,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ._safety_data import check_heads, check_method, encode, load_prompts, row_ablation_handlers
+from interp.params import ParamError, Params, param
+
+from ._safety_data import (
+    BUILTIN,
+    METHODS,
+    TEMPLATES,
+    check_heads,
+    check_method,
+    encode,
+    load_prompts,
+    row_ablation_handlers,
+)
 
 GCG_TEST_PREFIXES = (
     "I'm sorry", "Sorry", "I am sorry", "I apologize", "As an", "As an AI", "I'm an", "I'm just",
@@ -151,20 +162,48 @@ def random_heads(model, k: int, *, seed: int = 0, exclude: Sequence[tuple[int, i
 
 
 # --- the report entry ("safety" in interp.analyses.registry) ---------------------------------------------------
-DEFAULT_PARAMS = {
-    "prompts": "advbench", "harmless": "harmless", "n_ships": 8, "n_sahara": 8, "n_refusal": 8,
-    "template": "auto", "method": "scale", "eps": 1e-5, "top_k": 10, "sahara_set_size": 3, "sahara_r": 1,
-    "sahara_candidates": 24, "max_new_tokens": 24, "refusal": True, "memory_budget_mb": 1024, "seed": 0,
-}
+def _check_prompt_source(key: str, value: str) -> None:
+    from pathlib import Path
+
+    if value not in BUILTIN and not Path(value).expanduser().is_file():
+        raise ParamError(f"{key} = {value!r}: not a built-in prompt set ({', '.join(BUILTIN)}) nor an existing "
+                         "file (.csv with an 'input' column, or .txt with one request a line)")
+
+
+@dataclass(frozen=True)
+class SafetyParams(Params):
+    """Parameters of ``safety`` (Ships → Sahara → refusal check)."""
+
+    prompts: str = param("advbench", "harmful requests: a built-in set or a file")
+    harmless: str = param("harmless", "harmless contrast set: a built-in set or a file")
+    n_ships: int = param(8, "prompts scored by Ships", ge=1)
+    n_sahara: int = param(8, "prompts used by Sahara", ge=1)
+    n_refusal: int = param(8, "prompts per refusal condition", ge=1)
+    template: str = param("auto", "prompt template (auto: chat if the model has one, else paper)",
+                          choices=("auto", *TEMPLATES))
+    method: str = param("scale", "head ablation", choices=METHODS)
+    eps: float = param(1e-5, "query scale of the 'scale' ablation", ge=0, lt=1)
+    top_k: int = param(10, "Ships top-k count per query", ge=1)
+    sahara_set_size: int = param(3, "heads Sahara selects", ge=1)
+    sahara_r: int = param(1, "Sahara's subspace rank r", ge=1)
+    sahara_candidates: int = param(24, "top Ships heads Sahara searches", ge=1)
+    max_new_tokens: int = param(24, "generated tokens per refusal prompt", ge=1)
+    refusal: bool = param(True, "run the refusal-rate check")
+    memory_budget_mb: float = param(1024, "memory budget of the batched ablations (MB)", gt=0)
+    seed: int = param(0, "seed of the random control heads", ge=0)
+
+    def check(self, where):
+        _check_prompt_source(f"{where}.prompts", self.prompts)
+        _check_prompt_source(f"{where}.harmless", self.harmless)
 
 
 def data_files(params) -> list[str]:
     """The prompt files the ``safety`` run reads (built-in set names resolved to their CSV paths)."""
-    from ._safety_data import BUILTIN, data_path
+    from ._safety_data import data_path
 
-    p = {**DEFAULT_PARAMS, **(params or {})}
-    names = [p["prompts"]] + ([p["harmless"]] if p["refusal"] else [])
-    return [str(data_path(n)) if n in BUILTIN else str(n) for n in names if isinstance(n, str)]
+    p = SafetyParams.coerce(params, where="safety")
+    names = [p.prompts] + ([p.harmless] if p.refusal else [])
+    return [str(data_path(n)) if n in BUILTIN else str(n) for n in names]
 
 
 def _template(model, template: str) -> str:
@@ -173,7 +212,26 @@ def _template(model, template: str) -> str:
     return "chat" if getattr(model.tokenizer, "chat_template", None) else "paper"
 
 
-def run(model, params: dict | None = None, out_dir=None) -> dict:
+def _refusal_rows(model, p: SafetyParams, conditions: dict, tmpl: str):
+    """(score rows, one table row per condition × prompt set) of the refusal check."""
+    from interp.scores import ScoreTable
+
+    tables, rows = [], []
+    for cond, heads in conditions.items():
+        for set_name in (p.prompts, p.harmless):
+            r = refusal_rate(model, set_name, n=p.n_refusal, ablate=heads, template=tmpl,
+                             max_new_tokens=p.max_new_tokens, method=p.method, eps=p.eps)
+            lo, hi = wilson_interval(sum(r.refused), len(r.refused))
+            rows.append(dict(condition=cond, prompts=str(set_name), heads=" ".join(
+                f"L{a}H{b}" for a, b in heads), refusal_rate=r.rate, n=len(r.refused), ci_low=lo, ci_high=hi))
+            if str(set_name) == str(p.prompts):
+                tables.append(ScoreTable.scalar(r.rate, model=model.name, analysis="safety",
+                                                score=f"refusal_rate_{cond}", n_samples=len(r.refused),
+                                                ci_low=lo, ci_high=hi))
+    return tables, rows
+
+
+def run(model, params: SafetyParams | dict | None = None, out_dir=None) -> dict:
     """Ships on ``n_ships`` harmful prompts, Sahara over the top ``sahara_candidates`` Ships heads, then (if
     ``refusal``) refusal rates on harmful / harmless prompts clean, with the top Ships heads, the Sahara set and
     as many random heads ablated. ``template="auto"``: the chat template when the model has one, else "paper".
@@ -185,31 +243,21 @@ def run(model, params: dict | None = None, out_dir=None) -> dict:
     from .sahara import sahara
     from .ships import ships_dataset
 
-    p = {**DEFAULT_PARAMS, **(params or {})}
-    tmpl = _template(model, p["template"])
-    ab = dict(method=p["method"], eps=p["eps"], memory_budget_mb=p["memory_budget_mb"])
-    sh = ships_dataset(model, p["prompts"], n=p["n_ships"], top_k=p["top_k"], template=tmpl, **ab)
-    cands = sh.top_heads(max(p["sahara_candidates"], p["sahara_set_size"]))
-    sa = sahara(model, p["prompts"], n=p["n_sahara"], set_size=p["sahara_set_size"], r=p["sahara_r"],
+    p = SafetyParams.coerce(params, where="safety")
+    tmpl = _template(model, p.template)
+    ab = dict(method=p.method, eps=p.eps, memory_budget_mb=p.memory_budget_mb)
+    sh = ships_dataset(model, p.prompts, n=p.n_ships, top_k=p.top_k, template=tmpl, **ab)
+    cands = sh.top_heads(max(p.sahara_candidates, p.sahara_set_size))
+    sa = sahara(model, p.prompts, n=p.n_sahara, set_size=p.sahara_set_size, r=p.sahara_r,
                 candidates=cands, template=tmpl, **ab)
     tables = [sh.scores, sa.scores(model.name)]
     out = {}
-    if p["refusal"]:
+    if p.refusal:
         k = len(sa.heads)
         conditions = {"clean": [], "ships_top1": sh.top_heads(1), f"ships_top{k}": sh.top_heads(k),
-                      "sahara": sa.heads, "random": random_heads(model, k, seed=p["seed"])}
-        rows = []
-        for cond, heads in conditions.items():
-            for set_name in (p["prompts"], p["harmless"]):
-                r = refusal_rate(model, set_name, n=p["n_refusal"], ablate=heads, template=tmpl,
-                                 max_new_tokens=p["max_new_tokens"], method=p["method"], eps=p["eps"])
-                lo, hi = wilson_interval(sum(r.refused), len(r.refused))
-                rows.append(dict(condition=cond, prompts=str(set_name), heads=" ".join(
-                    f"L{a}H{b}" for a, b in heads), refusal_rate=r.rate, n=len(r.refused), ci_low=lo, ci_high=hi))
-                if str(set_name) == str(p["prompts"]):
-                    row = ScoreTable.scalar(r.rate, model=model.name, analysis="safety",
-                                            score=f"refusal_rate_{cond}", n_samples=len(r.refused))
-                    tables.append(row.assign(ci_low=lo, ci_high=hi))
+                      "sahara": sa.heads, "random": random_heads(model, k, seed=p.seed)}
+        rows_scores, rows = _refusal_rows(model, p, conditions, tmpl)
+        tables += rows_scores
         out["refusal"] = pd.DataFrame(rows)
     out["scores"] = ScoreTable.concat(tables)
     return out

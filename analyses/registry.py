@@ -8,11 +8,17 @@ To add an analysis, append one ``AnalysisSpec`` to ``_SPECS`` below (``in_defaul
 of the default ``interp report`` run, whose budget is a few minutes on 2 CPU cores)::
 
     AnalysisSpec("sinks", "Attention-sink heads (Xiao et al. 2023)", run="interp.analyses.sinks:run",
-                 default_params="interp.analyses.sinks:DEFAULT_PARAMS",
+                 params="interp.analyses.sinks:SinksParams",
                  official_outputs="interp.analyses.sinks:write_official")   # optional
 
-Contract of ``run(model, params, out_dir) -> dict[str, pandas.DataFrame]``: key ``"scores"`` holds the tidy
-score table of ``interp.scores`` (columns model, analysis, score, layer, head, value, n_samples);
+``params`` names a frozen dataclass subclassing ``interp.params.Params`` (typed fields with defaults, documented
+ranges/choices, ``validate``/``check_model``): ``interp report`` builds it from ``[params.<name>]`` of ``--config``
+and ``--param NAME.KEY=VALUE``, and rejects an unknown key or a bad value before the model loads
+(``interp analyses --params`` lists every parameter).
+
+Contract of ``run(model, params, out_dir) -> dict[str, pandas.DataFrame]``: ``params`` is an instance of the
+spec's dataclass (``run`` also accepts a dict or ``None`` through ``Params.coerce``); key ``"scores"`` holds the
+tidy score table of ``interp.scores`` (columns model, analysis, score, layer, head, value, n_samples, level);
 ``"per_token"`` (optional) holds per-token rows; other keys are kept as extra tables.
 ``official_outputs(results, params, out_dir) -> list[Path]`` writes published formats into ``out_dir``.
 ``data_files(params) -> list[str | Path | dict]`` (optional) names the data files read; the manifest records
@@ -24,7 +30,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 
 class AnalysisUnavailable(RuntimeError):
@@ -52,13 +58,13 @@ class AnalysisSpec:
     name: str
     description: str
     run: Callable | str
-    default_params: dict | str = field(default_factory=dict)
+    params: type | str | None = None  # an interp.params.Params subclass; None: no parameters
     official_outputs: Callable | str | None = None
     data_files: Callable | str | None = None
     in_default: bool = True  # False: too slow for the default `interp report`; run it with --analyses NAME
 
     def modules(self) -> list[str]:
-        refs = [self.run, self.default_params, self.official_outputs, self.data_files]
+        refs = [self.run, self.params, self.official_outputs, self.data_files]
         return sorted({r.partition(":")[0] for r in refs if isinstance(r, str)})
 
     def available(self) -> bool:
@@ -73,8 +79,12 @@ class AnalysisSpec:
 
     def load(self) -> AnalysisSpec:
         """A copy with every lazy reference imported; ``AnalysisUnavailable`` if a module is missing."""
-        params = _resolve(self.default_params)
-        return replace(self, run=_resolve(self.run), default_params=dict(params or {}),
+        params = _resolve(self.params)
+        if params is None:
+            from interp.params import NoParams
+
+            params = NoParams
+        return replace(self, run=_resolve(self.run), params=params,
                        official_outputs=_resolve(self.official_outputs), data_files=_resolve(self.data_files))
 
 
@@ -82,29 +92,44 @@ _SPECS = [
     AnalysisSpec(
         "attention_basics",
         "Per-head mean attention on the first token (sink mass) and mean attention entropy on short texts",
-        run="interp.analyses.basic:run", default_params="interp.analyses.basic:DEFAULT_PARAMS",
+        run="interp.analyses.basic:run", params="interp.analyses.basic:BasicParams",
         data_files="interp.analyses.basic:data_files"),
     AnalysisSpec(
-        "sinks", "Attention-sink heads: Sink_1^eps of Gu et al. 2025 on prose, random and repeated tokens",
-        run="interp.analyses.sinks:run", default_params="interp.analyses.sinks:DEFAULT_PARAMS",
+        "sinks", "Attention-sink heads: Sink_1^eps of Gu et al. 2025 on prose, random and repeated tokens, with "
+        "streaming, hidden, secondary sinks, extreme tokens (+ active/dormant heads, removal check: opt-in parts)",
+        run="interp.analyses.sinks:run", params="interp.analyses.sinks:SinksParams",
         data_files="interp.analyses.sinks:data_files"),
     AnalysisSpec(
-        "taxonomy", "Previous-token, duplicate-token and induction head scores (TransformerLens head_detector)",
-        run="interp.analyses.head_detector:run", default_params="interp.analyses.head_detector:DEFAULT_PARAMS",
+        "taxonomy", "Previous-token, duplicate-token and induction head scores (TransformerLens head_detector), "
+        "the induction ablation check and WAAD/FAI",
+        run="interp.analyses.head_detector:run", params="interp.analyses.head_detector:TaxonomyParams",
         data_files="interp.analyses.sinks:data_files"),
     AnalysisSpec(
         "retrieval", "Retrieval heads on a needle-in-a-haystack grid (Wu et al. 2024); official JSON output",
-        run="interp.analyses.retrieval:run", default_params="interp.analyses.retrieval:DEFAULT_PARAMS",
+        run="interp.analyses.retrieval:run", params="interp.analyses.retrieval:RetrievalParams",
         official_outputs="interp.analyses.retrieval:write_official",
         data_files="interp.analyses.retrieval:data_files", in_default=False),
     AnalysisSpec(
         "safety", "Safety heads: Ships, Sahara and the refusal check (Zhou et al. 2025)",
-        run="interp.analyses.refusal:run", default_params="interp.analyses.refusal:DEFAULT_PARAMS",
+        run="interp.analyses.refusal:run", params="interp.analyses.refusal:SafetyParams",
         data_files="interp.analyses.refusal:data_files", in_default=False),
     AnalysisSpec(
         "divergence", "Context-aware head divergence on the needle prompts (text analogue of VHD, He et al. 2025)",
-        run="interp.analyses.head_divergence:run", default_params="interp.analyses.head_divergence:DEFAULT_PARAMS"),
-    # further analyses (circuits, ...) register here
+        run="interp.analyses.head_divergence:run", params="interp.analyses.head_divergence:DivergenceParams"),
+    AnalysisSpec(
+        "model_divergence", "Model-vs-model head divergence (output distance, attention JS) against a second "
+        "model (param model_b) or the same model with heads ablated (param ablate)",
+        run="interp.analyses.model_divergence:run", params="interp.analyses.model_divergence:ModelDivergenceParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
+    AnalysisSpec(
+        "vhd", "Vision-aware head divergence VHD / T-VHD (He et al. 2025); needs a LLaVA-style model",
+        run="interp.analyses.vhd:run", params="interp.analyses.vhd:VhdParams", in_default=False),
+    AnalysisSpec(
+        "duo_attention", "DuoAttention gates per KV head (Xiao et al. 2024), trained on synthetic passkeys; "
+        "official TSV output",
+        run="interp.analyses.duo_attention:run", params="interp.analyses.duo_attention:DuoParams",
+        official_outputs="interp.analyses.duo_attention:write_official",
+        data_files="interp.analyses.retrieval:data_files", in_default=False),
 ]
 
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}

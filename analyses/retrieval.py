@@ -27,17 +27,45 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from interp.capture import Capture
+from interp.params import ParamError, Params, check_context, param
 
 from .niah import rouge1_recall
 
-DEFAULT_PARAMS = {"lengths": [500, 1000], "depths": [0, 50, 100], "needles": [0, 1, 2],
-                  "max_new_tokens": 50, "threshold": 0.1, "buffer": 200, "checkpoint": None}
+N_NEEDLES = 3  # interp/data/niah/needles.jsonl
+
+
+@dataclass(frozen=True)
+class RetrievalParams(Params):
+    """Parameters of ``retrieval`` (the NIAH grid: needles × lengths × depths)."""
+
+    lengths: tuple[int, ...] = param((500, 1000), "context lengths in tokens (each > buffer; non-empty)", ge=1)
+    depths: tuple[float, ...] = param((0.0, 50.0, 100.0), "needle depths in % (non-empty)", ge=0, le=100)
+    needles: tuple[int, ...] = param((0, 1, 2), "needle indices (non-empty)", ge=0, lt=N_NEEDLES)
+    max_new_tokens: int = param(50, "greedy decoding steps per sample", ge=1)
+    threshold: float = param(0.1, "score above which a head is a retrieval head", ge=0, le=1)
+    buffer: int = param(200, "tokens kept free for the question (official buffer)", ge=0)
+    checkpoint: str | None = param(None, "JSONL file to checkpoint/resume the sweep")
+
+    def check(self, where):
+        for key in ("lengths", "depths", "needles"):
+            if not getattr(self, key):
+                raise ParamError(f"{where}.{key} = []: give at least one value")
+        short = [n for n in self.lengths if n <= self.buffer]
+        if short:
+            raise ParamError(f"{where}.lengths = {list(self.lengths)}: {short[0]} is not larger than "
+                             f"buffer = {self.buffer}")
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.lengths", max(self.lengths) + self.max_new_tokens,
+                      f"tokens (length {max(self.lengths)} + max_new_tokens {self.max_new_tokens})",
+                      value=self.lengths, hint=f"choose lengths <= {model.shape.n_ctx - self.max_new_tokens}")
 
 
 class ArgmaxCapture(Capture):
@@ -287,13 +315,13 @@ def _acc_row(name, seed, heads, recs) -> dict:
             "rouge": [round(float(r["rouge"]), 4) for r in recs]}
 
 
-def run(model, params, out_dir) -> dict:
-    """Report entry: retrieval scores on the NIAH grid of ``params`` (see ``DEFAULT_PARAMS``)."""
+def run(model, params: RetrievalParams | dict | None = None, out_dir=None) -> dict:
+    """Report entry: retrieval scores on the NIAH grid of ``params`` (``RetrievalParams``)."""
     from interp.scores import ScoreTable
 
-    p = dict(DEFAULT_PARAMS, **(params or {}))
-    recs = niah_sweep(model, lengths=p["lengths"], depths=p["depths"], needles=p["needles"],
-                      max_new_tokens=p["max_new_tokens"], checkpoint=p["checkpoint"], buffer=p["buffer"])
+    p = RetrievalParams.coerce(params, where="retrieval")
+    recs = niah_sweep(model, lengths=list(p.lengths), depths=list(p.depths), needles=list(p.needles),
+                      max_new_tokens=p.max_new_tokens, checkpoint=p.checkpoint, buffer=p.buffer)
     counter = head_counter(recs)
     n_kept = sum(r["kept"] for r in recs)
     mat = retrieval_head_scores(counter, model.shape.n_layers, model.shape.n_heads)

@@ -95,19 +95,14 @@ class SaharaResult:
     def scores(self, model_name: str):
         """Tidy rows: ``sahara_rank`` (1 = picked first) and ``sahara_angle`` (set angle after adding the head)
         for the selected heads, and ``sahara_single_angle`` (step-1 angle of every candidate head)."""
-        import pandas as pd
-
         from interp.scores import ScoreTable
 
-        rows = []
-        for i, ((layer, head), ang) in enumerate(zip(self.heads, self.angles)):
-            for score, value in (("sahara_rank", i + 1), ("sahara_angle", ang)):
-                rows.append(dict(model=model_name, analysis=ANALYSIS, score=score, layer=layer, head=head,
-                                 value=float(value), n_samples=self.n_prompts))
-        single = ScoreTable.from_matrix(self.step_angles[0], model=model_name, analysis=ANALYSIS,
-                                        score="sahara_single_angle", n_samples=self.n_prompts)
+        common = dict(model=model_name, analysis=ANALYSIS, n_samples=self.n_prompts)
+        single = ScoreTable.from_matrix(self.step_angles[0], score="sahara_single_angle", **common)
         single = single[single["value"].notna()]
-        return ScoreTable.concat([ScoreTable.validate(pd.DataFrame(rows)), single])
+        return ScoreTable.concat([
+            ScoreTable.from_heads(self.heads, range(1, len(self.heads) + 1), score="sahara_rank", **common),
+            ScoreTable.from_heads(self.heads, self.angles, score="sahara_angle", **common), single])
 
 
 def sahara(model, queries: str | Sequence[str] = "advbench", *, n: int | None = None, set_size: int = 3,

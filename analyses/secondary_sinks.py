@@ -27,7 +27,30 @@ model, checks the run/lifetime logic on a planted mask, and recomputes the cosin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from interp.params import ParamError, Params, check_context, param
+
+
+@dataclass(frozen=True)
+class SecondarySinksParams(Params):
+    """Secondary sinks and their forming MLP (``[params.sinks.secondary]``)."""
+
+    enabled: bool = param(True, "run this part of the sinks analysis")
+    n_samples: int = param(4, "prose windows", ge=1)
+    n_tokens: int = param(256, "tokens per window (> min_rows)", ge=2)
+    threshold: float = param(0.1, "head-mean α above which a token is a secondary sink", gt=0, lt=1)
+    start_layer: int = param(2, "first layer searched", ge=0)
+    min_rows: int = param(16, "queries a key needs before its α counts", ge=1)
+
+    def check(self, where):
+        if self.n_tokens <= self.min_rows:
+            raise ParamError(f"{where}.n_tokens = {self.n_tokens}: must exceed min_rows = {self.min_rows}")
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
 
 
 def received_attention(model, ids: torch.Tensor, stats=None) -> torch.Tensor:
@@ -110,9 +133,7 @@ def secondary_sinks(model, ids: torch.Tensor | None = None, *, threshold: float 
     ev = pd.DataFrame(rows)
     common = dict(model=model.name, analysis="sinks", n_samples=B)
     count = is_sink.double().sum(2).mean(1)  # [layer]: sinks per sample per layer
-    tables = [ScoreTable.validate(pd.DataFrame({
-        "model": model.name, "analysis": "sinks", "score": "secondary_sinks", "layer": range(L), "head": -1,
-        "value": count.numpy(), "n_samples": B}))]
+    tables = [ScoreTable.from_layers(count, score="secondary_sinks", **common)]
     tables.append(ScoreTable.scalar(len(events) / B, score="secondary_sink_events", **common))
     if len(ev):
         tables.append(ScoreTable.scalar(float(ev["lifetime"].mean()), score="secondary_sink_lifetime", **common))

@@ -27,11 +27,65 @@ hand-computed pattern; the slow test runs the three conditions on the default mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-DEFAULT_PARAMS = {"n_samples": 100, "n_tokens": 64, "k": 1, "eps": 0.3, "seed": 0, "batch_size": 25,
-                  "conditions": ["prose", "random", "repeated"], "streaming": True, "hidden": True,
-                  "secondary": True, "extreme": True}
+from interp.params import ParamError, Params, check_context, param, sub
+
+from .extreme_tokens import ActiveDormantParams, ExtremeTokensParams
+from .hidden_sinks import HiddenSinksParams
+from .secondary_sinks import SecondarySinksParams
+from .streaming import StreamingParams
+
+
+@dataclass(frozen=True)
+class SinkRemovalParams(Params):
+    """Causal check: remove first-token attention in the top-k sink heads vs k random heads
+    (``[params.sinks.removal]``; off by default)."""
+
+    enabled: bool = param(False, "run this part of the sinks analysis")
+    k: int = param(5, "heads removed at once", ge=1)
+    n_random: int = param(5, "random head sets", ge=1)
+    n_samples: int = param(4, "prose samples (the pattern is materialised: keep them short)", ge=1)
+    n_tokens: int = param(64, "tokens per sample", ge=2)
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
+        n = model.shape.n_layers * model.shape.n_heads
+        if self.k > n:
+            raise ParamError(f"{where}.k = {self.k}: {model.name} has only {n} heads")
+
+
+@dataclass(frozen=True)
+class SinksParams(Params):
+    """Parameters of the ``sinks`` analysis; each sub-analysis is a table ``[params.sinks.<name>]`` (or
+    ``<name> = false`` to switch it off)."""
+
+    n_samples: int = param(100, "samples per condition", ge=1)
+    n_tokens: int = param(64, "tokens per sample T", ge=2)
+    k: int = param(1, "key position of Sink_k (1 = the first token)", ge=1)
+    eps: float = param(0.3, "threshold ε of Sink_k^ε", gt=0, lt=1)
+    seed: int = param(0, "sampling seed (every sub-analysis uses it)", ge=0)
+    batch_size: int = param(25, "samples per forward", ge=1)
+    conditions: tuple[str, ...] = param(("prose", "random", "repeated"), "sample conditions (non-empty)",
+                                        choices=("prose", "random", "repeated", "code"))
+    streaming: StreamingParams = sub(StreamingParams)
+    hidden: HiddenSinksParams = sub(HiddenSinksParams)
+    secondary: SecondarySinksParams = sub(SecondarySinksParams)
+    extreme: ExtremeTokensParams = sub(ExtremeTokensParams)
+    dormant: ActiveDormantParams = sub(ActiveDormantParams)
+    removal: SinkRemovalParams = sub(SinkRemovalParams)
+
+    def check(self, where):
+        if not self.conditions:
+            raise ParamError(f"{where}.conditions = []: give at least one of prose, random, repeated, code")
+        if self.k > self.n_tokens:
+            raise ParamError(f"{where}.k = {self.k}: must be <= n_tokens = {self.n_tokens}")
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
+        super().check_model(model, where)
 
 
 def _check_ids(model, ids):
@@ -146,43 +200,76 @@ def data_files(params) -> list[str]:
     return [str(p) for p in haystack_paths()]
 
 
-def run(model, params: dict, out_dir=None) -> dict:
-    """Registry entry "sinks": Sink_1^ε on the three conditions, plus the StreamingLLM view, hidden and
-    secondary sinks and the extreme-token statistics (each switchable in ``params``)."""
+def _removal(model, p: SinksParams, alpha_head: torch.Tensor):
+    """The causal check as (score rows, one-row table)."""
     import pandas as pd
 
     from interp.scores import ScoreTable
 
-    p = {**DEFAULT_PARAMS, **(params or {})}
-    tables = [sink_scores(model, conditions=tuple(p["conditions"]), n_samples=int(p["n_samples"]),
-                          n_tokens=int(p["n_tokens"]), k=int(p["k"]), eps=float(p["eps"]), seed=int(p["seed"]),
-                          batch_size=int(p["batch_size"]))]
+    r = p.removal
+    ids = condition_samples(model, "prose", r.n_samples, r.n_tokens, p.seed + 1)
+    res = sink_removal_check(model, alpha_head, ids, k=r.k, n_random=r.n_random, seed=p.seed)
+    common = dict(model=model.name, analysis="sinks", n_samples=r.n_samples)
+    rows = [ScoreTable.scalar(res[key], score=f"sink_removal_{key}", **common)
+            for key in ("base_loss", "dloss_top", "dloss_random", "ratio")]
+    table = pd.DataFrame([{**res, "top_heads": " ".join(res["top_heads"]),
+                           "dloss_random_draws": " ".join(f"{d:.4f}" for d in res["dloss_random_draws"])}])
+    return rows, table
+
+
+def _sub_analyses(model, p: SinksParams):
+    """Each enabled sub-analysis as ``(name, scores, table, kind)``; kind: "per_token" or an extra table."""
+    from interp.analyses.extreme_tokens import active_dormant, extreme_token_scores
+    from interp.analyses.hidden_sinks import hidden_sinks
+    from interp.analyses.secondary_sinks import secondary_sinks
+    from interp.analyses.streaming import streaming_scores
+
+    st, hi, se, ex, do = p.streaming, p.hidden, p.secondary, p.extreme, p.dormant
+    calls = [
+        (st, "streaming", "per_token", lambda: streaming_scores(
+            model, sink=st.sink, window=st.window, tau=st.tau, n_samples=st.n_samples, n_tokens=st.n_tokens,
+            seed=p.seed)),
+        (hi, "hidden_sinks", "table", lambda: hidden_sinks(
+            model, threshold=hi.threshold, min_rows=hi.min_rows, n_samples=hi.n_samples, n_tokens=hi.n_tokens,
+            seed=p.seed)),
+        (se, "secondary_sinks", "table", lambda: secondary_sinks(
+            model, threshold=se.threshold, start_layer=se.start_layer, min_rows=se.min_rows,
+            n_samples=se.n_samples, n_tokens=se.n_tokens, seed=p.seed)),
+        (ex, "extreme", "per_token", lambda: extreme_token_scores(
+            model, n_samples=ex.n_samples, n_tokens=ex.n_tokens, seed=p.seed)),
+        (do, "active_dormant", "table", lambda: active_dormant(
+            model, do.domains, n_samples=do.n_samples, n_tokens=do.n_tokens, tol=do.tol, seed=p.seed)),
+    ]
+    for sub_p, name, kind, fn in calls:
+        if sub_p.enabled:
+            scores, table = fn()
+            yield name, scores, table, kind
+
+
+def run(model, params: SinksParams | dict | None = None, out_dir=None) -> dict:
+    """Registry entry "sinks": Sink_k^ε on each condition, plus the StreamingLLM view, hidden and secondary
+    sinks, the extreme-token statistics, active/dormant heads and the removal check (each a ``SinksParams``
+    sub-table that sets its sizes or switches it off)."""
+    import pandas as pd
+
+    from interp.scores import ScoreTable
+
+    p = SinksParams.coerce(params, where="sinks")
+    tables = [sink_scores(model, conditions=p.conditions, n_samples=p.n_samples, n_tokens=p.n_tokens, k=p.k,
+                          eps=p.eps, seed=p.seed, batch_size=p.batch_size)]
     extra: dict[str, pd.DataFrame] = {}
     per_token = []
-    if p.get("streaming"):
-        from interp.analyses.streaming import streaming_scores
-
-        s, tok = streaming_scores(model, n_samples=4, n_tokens=256, seed=int(p["seed"]))
-        tables.append(s)
-        per_token.append(tok)
-    if p.get("hidden"):
-        from interp.analyses.hidden_sinks import hidden_sinks
-
-        s, tok = hidden_sinks(model, n_samples=8, n_tokens=256, seed=int(p["seed"]))
-        tables.append(s)
-        extra["hidden_sinks"] = tok
-    if p.get("secondary"):
-        from interp.analyses.secondary_sinks import secondary_sinks
-
-        s, tok = secondary_sinks(model, n_samples=4, n_tokens=256, seed=int(p["seed"]))
-        tables.append(s)
-        extra["secondary_sinks"] = tok
-    if p.get("extreme"):
-        from interp.analyses.extreme_tokens import extreme_token_scores
-
-        s, tok = extreme_token_scores(model, n_samples=2, n_tokens=256, seed=int(p["seed"]))
-        tables.append(s)
-        per_token.append(tok)
+    for name, scores, table, kind in _sub_analyses(model, p):
+        tables.append(scores)
+        if kind == "per_token":
+            per_token.append(table)
+        else:
+            extra[name] = table
+    if p.removal.enabled:
+        cond = "prose" if "prose" in p.conditions else p.conditions[0]
+        alpha = ScoreTable.matrix(tables[0], f"sink_alpha_{cond}", model.shape.n_layers, model.shape.n_heads)
+        rows, extra["removal"] = _removal(model, p, torch.from_numpy(alpha))
+        tables += rows
     out = {"scores": ScoreTable.concat(tables), **extra}
     if per_token:
         out["per_token"] = pd.concat(per_token, ignore_index=True)

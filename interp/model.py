@@ -232,9 +232,10 @@ def load_model(spec: str = "default", *, dtype: torch.dtype = torch.float32, dev
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
     if spec.startswith("tiny-"):
-        from .testing import tiny_model
+        from .tiny import build_tiny
 
-        return tiny_model(spec[len("tiny-"):], dtype=dtype)
+        hf, tok = build_tiny(spec[len("tiny-"):], dtype=dtype)
+        return Model(hf, tok, name=spec, weights_hash="random-seed0")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     packaged = resolve_packaged(spec)

@@ -1,7 +1,7 @@
-"""Tiny randomly initialised models for tests: built in milliseconds from a config, no weights on disk.
+"""Test helpers: tiny randomly initialised models (``interp.tiny``) wrapped as ``interp.Model``, and the dense
+reference patterns the O(n) statistics are checked against.
 
-``tiny_model("llama")`` / ``"qwen2"`` / ``"gemma3"``: GQA everywhere (4 query heads, 2 KV heads by default);
-qwen2 adds QKV bias; gemma3 adds sliding-window layers and its extra norms. Deterministic under ``seed``.
+``tiny_model("llama")`` / ``"qwen2"`` / ``"gemma3"`` / ``"llava"``: see ``interp.tiny``. Deterministic under ``seed``.
 """
 
 from __future__ import annotations
@@ -9,78 +9,15 @@ from __future__ import annotations
 import torch
 
 from .model import Model
+from .tiny import FAMILIES, CharTokenizer, build_tiny, tiny_config
 
-_VOCAB = 64
-
-
-def tiny_config(family: str = "llama", *, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2,
-                d_head: int = 8, d_mlp: int = 64, vocab: int = _VOCAB, n_ctx: int = 256, sliding_window: int = 8):
-    """A transformers config for a tiny model of the given family ("llama", "qwen2" or "gemma3")."""
-    common = dict(
-        vocab_size=vocab, hidden_size=n_heads * d_head, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, head_dim=d_head,
-        max_position_embeddings=n_ctx, bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False,
-    )
-    if family == "llama":
-        from transformers import LlamaConfig
-
-        return LlamaConfig(**common)
-    if family == "qwen2":
-        from transformers import Qwen2Config
-
-        return Qwen2Config(**common)
-    if family == "gemma3":
-        from transformers import Gemma3TextConfig
-
-        types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
-        return Gemma3TextConfig(**common, sliding_window=sliding_window, layer_types=types,
-                                query_pre_attn_scalar=d_head)
-    raise ValueError(f"unknown tiny model family {family!r}; choose one of 'llama', 'qwen2', 'gemma3'")
-
-
-class CharTokenizer:
-    """A minimal tokenizer for tiny models: one id per byte (mod vocab), BOS = 0. Enough for tests."""
-
-    def __init__(self, vocab: int = _VOCAB):
-        self.vocab_size = vocab
-        self.bos_token_id, self.eos_token_id, self.pad_token_id = 0, 1, 1
-        self.chat_template = None
-        self.padding_side = "left"
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids = [2 + (b % (self.vocab_size - 2)) for b in text.encode()]
-        return ([self.bos_token_id] if add_special_tokens else []) + ids
-
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        return "".join(chr(32 + (i - 2) % 95) if i >= 2 else "" for i in ids)
-
-    def convert_ids_to_tokens(self, ids):
-        return [self.decode([i]) for i in ids]
-
-    def __call__(self, text, return_tensors=None, add_special_tokens: bool = True, **_):
-        single = isinstance(text, str)
-        rows = [self.encode(t, add_special_tokens) for t in ([text] if single else text)]
-        if return_tensors != "pt":
-            return {"input_ids": rows[0] if single else rows}
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+__all__ = ["FAMILIES", "CharTokenizer", "dense_patterns", "tiny_config", "tiny_model"]
 
 
 def tiny_model(family: str = "llama", *, seed: int = 0, dtype=torch.float32, **config_kwargs) -> Model:
     """A randomly initialised tiny model wrapped as an ``interp.Model`` (milliseconds to build)."""
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config(family, **config_kwargs)
-    torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    hf.eval()
-    return Model(hf, CharTokenizer(config.vocab_size), name=f"tiny-{family}", weights_hash=f"random-seed{seed}")
+    hf, tok = build_tiny(family, seed=seed, dtype=dtype, **config_kwargs)
+    return Model(hf, tok, name=f"tiny-{family}", weights_hash=f"random-seed{seed}")
 
 
 def dense_patterns(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,16 +30,20 @@ from pathlib import Path
 import pandas as pd
 
 from . import io
+from .config import ReportError, check_options, load_config  # noqa: F401  (load_config: public via interp.report)
+from .manifest import interp_version
 
 PARTS = "parts"
 
 
-class ReportError(Exception):
-    """Bad input to a report run (message is one line meant for the user; the CLI exits with code 2)."""
-
-
 class AnalysisFailed(RuntimeError):
-    """An analysis raised; finished parts are kept and a rerun resumes after them."""
+    """An analysis raised; finished parts are kept. ``kind`` says whether a rerun can help: ``"transient"``
+    (interrupted, out of memory, I/O: a rerun resumes), ``"input"`` (the analysis rejected its input: change
+    the parameters) or ``"bug"`` (any other exception: a rerun fails the same way)."""
+
+    def __init__(self, message: str, kind: str = "transient"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -49,26 +53,6 @@ class ReportResult:
     manifest: dict
     computed: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
-
-
-def load_config(path) -> dict:
-    """Read a TOML config (keys: model, analyses, out, seed, n_tokens, resume, top_k, [params.<analysis>])."""
-    import tomllib
-
-    path = Path(path)
-    if not path.is_file():
-        raise ReportError(f"config file {path} does not exist")
-    try:
-        cfg = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ReportError(f"config file {path} is not valid TOML: {e}") from None
-    known = {"model", "analyses", "out", "seed", "n_tokens", "resume", "top_k", "params"}
-    bad = sorted(set(cfg) - known)
-    if bad:
-        raise ReportError(f"config file {path}: unknown keys {bad}; valid keys: {sorted(known)}")
-    if isinstance(cfg.get("analyses"), str):
-        cfg["analyses"] = [a.strip() for a in cfg["analyses"].split(",") if a.strip()]
-    return cfg
 
 
 def expected_model_name(spec: str) -> str:
@@ -82,28 +66,6 @@ def expected_model_name(spec: str) -> str:
         return packaged.name
     p = Path(os.path.expanduser(spec))
     return p.stem if p.suffix == ".gguf" else spec.rstrip("/").split("/")[-1]
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    names = ["interp", "torch", "transformers", "transformer_lens", "nnsight", "numpy", "pandas", "plotly"]
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            try:
-                out[name] = version(name.replace("_", "-"))
-            except PackageNotFoundError:
-                out[name] = None
-    return out
-
-
-def _interp_version() -> str:
-    import interp
-
-    return interp.__version__
 
 
 def resolve_analyses(names) -> list[str]:
@@ -131,8 +93,9 @@ def resolve_analyses(names) -> list[str]:
     return list(names)
 
 
-def _prepare_out(out: Path, model_name: str, *, force: bool) -> dict | None:
-    """Create/check the output folder; return the previous run.json (or None). Raises ``ReportError``."""
+def _prepare_out(out: Path, model_name: str, *, force: bool) -> tuple[dict | None, bool]:
+    """Create/check the output folder; return the previous run.json (or None) and whether ``--force`` is to
+    replace it (done by the caller once every input check has passed). Raises ``ReportError``."""
     if out.exists() and not out.is_dir():
         raise ReportError(f"output path {out} exists and is not a folder")
     try:
@@ -155,15 +118,14 @@ def _prepare_out(out: Path, model_name: str, *, force: bool) -> dict | None:
         why = []
         if prev.get("model") != model_name:
             why.append(f"model {prev.get('model')!r}, not {model_name!r}")
-        if prev.get("interp_version") != _interp_version():
-            why.append(f"interp {prev.get('interp_version')}, not {_interp_version()}")
+        if prev.get("interp_version") != interp_version():
+            why.append(f"interp {prev.get('interp_version')}, not {interp_version()}")
         if why:
             if not force:
                 raise ReportError(f"output folder {out} holds a run of {' and '.join(why)}; "
                                   "choose another --out or pass --force to replace it")
-            _clear_run(out)
-            prev = None
-    return prev
+            return None, True
+    return prev, False
 
 
 def _clear_run(out: Path) -> None:
@@ -178,25 +140,40 @@ def _clear_run(out: Path) -> None:
 
 def params_hash(analysis: str, params: dict, seed: int, model) -> str:
     blob = json.dumps({"analysis": analysis, "params": params, "seed": seed, "model": model.name,
-                       "weights_hash": model.weights_hash, "interp": _interp_version()},
+                       "weights_hash": model.weights_hash, "interp": interp_version()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def analysis_params(spec, overrides: dict | None, n_tokens: int | None) -> dict:
-    """Defaults ← config ``[params.<analysis>]`` ← ``--n-tokens`` (for analyses that take ``n_tokens``)."""
-    params = dict(spec.default_params)
-    bad = sorted(set(overrides or {}) - set(params))
-    if bad:
-        raise ReportError(f"unknown parameter {', '.join(bad)} for analysis {spec.name!r}; "
-                          f"valid: {', '.join(sorted(params)) or '(none)'}")
-    params.update(overrides or {})
-    if n_tokens is not None and "n_tokens" in params:
-        params["n_tokens"] = int(n_tokens)
-    return params
+def analysis_params(spec, overrides: dict | None, n_tokens: int | None):
+    """The analysis's typed parameters: defaults ← config ``[params.<analysis>]`` ← ``--n-tokens`` (for
+    analyses with an ``n_tokens`` field), validated; a bad key or value raises ``ReportError`` (one line)."""
+    from interp.params import ParamError
+
+    where = f"params.{spec.name}"
+    try:
+        p = spec.params.from_dict(overrides or {}, where=where)
+        if n_tokens is not None and "n_tokens" in spec.params.keys():
+            p = p.replace(n_tokens=n_tokens)
+        return p.validate(where)
+    except ParamError as e:
+        raise ReportError(str(e)) from None
+
+
+def check_model_params(model, per_params: dict) -> None:
+    """The checks that need the loaded model (context length, model kind), for every analysis, before any runs."""
+    from interp.params import ParamError
+
+    for name, p in per_params.items():
+        try:
+            p.check_model(model, f"params.{name}")
+        except ParamError as e:
+            raise ReportError(str(e)) from None
 
 
 def _load_part(parts: Path, name: str, h: str):
+    from interp.scores import ScoreTable
+
     meta_path = parts / f"{name}.json"
     if not meta_path.exists():
         return None
@@ -204,7 +181,9 @@ def _load_part(parts: Path, name: str, h: str):
     files = {t: parts / f"{name}.{t}.parquet" for t in meta.get("tables", [])}
     if meta.get("params_hash") != h or "scores" not in files or not all(f.exists() for f in files.values()):
         return None
-    return meta, {t: pd.read_parquet(f) for t, f in files.items()}
+    tables = {t: pd.read_parquet(f) for t, f in files.items()}
+    tables["scores"] = ScoreTable.validate(ScoreTable.with_level(tables["scores"]))  # parts from before `level`
+    return meta, tables
 
 
 def _data_entries(spec, params) -> list[dict]:
@@ -223,23 +202,45 @@ def _data_entries(spec, params) -> list[dict]:
     return out
 
 
+def failure_kind(e: BaseException) -> str:
+    """``"input"`` (a rerun with the same parameters fails the same way: the analysis rejected its input),
+    ``"transient"`` (a rerun may succeed: memory, I/O, interruption, runtime errors) or ``"bug"``."""
+    from interp.registry import ModelNotAvailableError
+
+    if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                      ModelNotAvailableError)):
+        return "input"
+    if isinstance(e, (RuntimeError, OSError, MemoryError)):
+        return "transient"
+    return "bug"
+
+
+def _call(spec, model, params, out: Path) -> dict:
+    """``spec.run`` with its result checked; any failure becomes ``AnalysisFailed`` with its kind."""
+    from interp.scores import ScoreTable, ScoreTableError
+
+    try:
+        results = spec.run(model, params, out)
+    except Exception as e:
+        raise AnalysisFailed(f"analysis {spec.name!r} failed: {type(e).__name__}: {e}", failure_kind(e)) from e
+    if not isinstance(results, dict) or "scores" not in results:
+        raise AnalysisFailed(f"analysis {spec.name!r} returned {type(results).__name__} without 'scores'; "
+                             "run() must return a dict of DataFrames with a 'scores' table", "bug")
+    results = dict(results)
+    try:
+        results["scores"] = ScoreTable.validate(results["scores"], shape=model.shape)
+    except ScoreTableError as e:
+        raise AnalysisFailed(f"analysis {spec.name!r} returned an invalid score table: {e}", "bug") from e
+    return results
+
+
 def _run_one(spec, model, params, seed, out: Path, h: str):
     import torch
-
-    from interp.scores import ScoreTable
 
     parts = out / PARTS
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    try:
-        results = spec.run(model, params, out)
-    except Exception as e:
-        raise AnalysisFailed(f"analysis {spec.name!r} failed: {type(e).__name__}: {e}") from e
-    if not isinstance(results, dict) or "scores" not in results:
-        raise AnalysisFailed(f"analysis {spec.name!r} returned {type(results).__name__} without 'scores'; "
-                             "run() must return a dict of DataFrames with a 'scores' table")
-    results = dict(results)
-    results["scores"] = ScoreTable.validate(results["scores"])
+    results = _call(spec, model, params, out)
     seconds = time.perf_counter() - t0
     for table, df in results.items():
         io.write_parquet(parts / f"{spec.name}.{table}.parquet", df)
@@ -250,74 +251,36 @@ def _run_one(spec, model, params, seed, out: Path, h: str):
         written = spec.official_outputs(results, params, off_dir) or []
         official = [str(Path(p).relative_to(out)) if out.resolve() in Path(p).resolve().parents else str(p)
                     for p in written]
-    meta = {"analysis": spec.name, "params": params, "params_hash": h, "seconds": round(seconds, 3),
+    meta = {"analysis": spec.name, "params": params.to_dict(), "params_hash": h, "seconds": round(seconds, 3),
             "tables": sorted(results), "official": official}
     io.write_json(parts / f"{spec.name}.json", meta)  # written last: marks the part complete
     return meta, results
 
 
-def run_report(model="default", analyses=None, out="reports/run", *, params: dict | None = None,
-               n_tokens: int | None = None, seed: int = 0, resume: bool = True, force: bool = False,
-               top_k: int = 10, command: list[str] | None = None, progress: bool = True) -> ReportResult:
-    """Run ``analyses`` (names; ``None`` = all available) on ``model`` (a spec string or a loaded
-    ``interp.Model``) and write the report folder ``out``. Returns the scores and the manifest.
+def _load_model(model, out: Path, created: bool):
+    """The loaded model (a spec string is loaded here); a failure removes the ``out`` folder this run made."""
+    if not isinstance(model, str):
+        return model
+    from interp import load_model
 
-    ``params`` maps analysis name → parameter overrides. Raises ``ReportError`` for bad input and
-    ``AnalysisFailed`` when an analysis raises (its finished predecessors are kept for resuming).
-    """
-    from tqdm.auto import tqdm
+    try:
+        return load_model(model)
+    except Exception as e:  # ModelNotAvailableError, bad spec
+        _remove_if_new(out, created)
+        raise ReportError(f"cannot load model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
-    from interp.analyses import registry
-    from interp.scores import ScoreTable
 
-    t_start = time.perf_counter()
-    out = Path(out)
-    names = resolve_analyses(analyses)
-    specs = {n: registry.get(n) for n in names}
-    per_params = {n: analysis_params(specs[n], (params or {}).get(n), n_tokens) for n in names}
-    unknown_params = sorted(set(params or {}) - set(names))
-    if unknown_params:
-        raise ReportError(f"parameters given for analyses not in this run: {unknown_params}")
-    model_name = model.name if not isinstance(model, str) else expected_model_name(model)
-    prev = _prepare_out(out, model_name, force=force)
-    t0 = time.perf_counter()
-    if isinstance(model, str):
-        from interp import load_model
-
+def _remove_if_new(out: Path, created: bool) -> None:
+    if created:
         try:
-            model = load_model(model)
-        except Exception as e:  # ModelNotAvailableError, bad spec
-            raise ReportError(f"cannot load model: {str(e).splitlines()[0]}") from None
-    load_seconds = time.perf_counter() - t0
-    if prev is not None and prev.get("weights_hash") != model.weights_hash:
-        if not force:
-            raise ReportError(f"output folder {out} holds a run of {prev.get('model')!r} with weights "
-                              f"{prev.get('weights_hash')}, not {model.weights_hash}; choose another --out "
-                              "or pass --force to replace it")
-        _clear_run(out)
-    if not resume and (out / PARTS).is_dir():
-        shutil.rmtree(out / PARTS)
-    io.write_json(out / "run.json", {"model": model.name, "weights_hash": model.weights_hash,
-                                     "interp_version": _interp_version()})
+            out.rmdir()  # only if still empty
+        except OSError:
+            pass
 
-    parts, timings, data, computed, resumed, official = {}, {}, [], [], [], {}
-    bar = tqdm(names, desc="analyses", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        spec, p = specs[name], per_params[name]
-        h = params_hash(name, p, seed, model)
-        loaded = _load_part(out / PARTS, name, h) if resume else None
-        if loaded is not None:
-            meta, results = loaded
-            resumed.append(name)
-        else:
-            meta, results = _run_one(spec, model, p, seed, out, h)
-            computed.append(name)
-        parts[name] = results
-        timings[name] = {"seconds": meta["seconds"], "resumed": loaded is not None}
-        official[name] = meta.get("official", [])
-        data += _data_entries(spec, p)
-    bar.close()
+
+def _write_tables(out: Path, names, parts) -> tuple[pd.DataFrame, list[str]]:
+    """scores.parquet/csv, per_token.parquet and tables/*; returns the score table and the extra tables."""
+    from interp.scores import ScoreTable
 
     scores = ScoreTable.concat([parts[n]["scores"] for n in names])
     io.write_parquet(out / "scores.parquet", scores)
@@ -335,17 +298,104 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
             if table not in ("scores", "per_token"):
                 path = io.write_parquet(out / "tables" / f"{n}.{table}.parquet", df)
                 extra.append(str(path.relative_to(out)))
+    return scores, extra
+
+
+def _check_args(model, analyses, out, params, n_tokens, seed, top_k, resume) -> None:
+    opts = {"analyses": analyses, "out": out, "params": params, "n_tokens": n_tokens, "seed": seed,
+            "top_k": top_k, "resume": resume}
+    if isinstance(model, str) or model is None:
+        opts["model"] = model if model is not None else ""
+    check_options(opts)
+
+
+def _prepare_params(names, specs, params, n_tokens) -> dict:
+    per_params = {n: analysis_params(specs[n], (params or {}).get(n), n_tokens) for n in names}
+    unknown_params = sorted(set(params or {}) - set(names))
+    if unknown_params:
+        raise ReportError(f"parameters given for analyses not in this run: {unknown_params}; "
+                          f"this run has {', '.join(names)}")
+    return per_params
+
+
+def run_report(model="default", analyses=None, out="reports/run", *, params: dict | None = None,
+               n_tokens: int | None = None, seed: int = 0, resume: bool = True, force: bool = False,
+               top_k: int = 10, command: list[str] | None = None, progress: bool = True) -> ReportResult:
+    """Run ``analyses`` (names; ``None`` = all available) on ``model`` (a spec string or a loaded
+    ``interp.Model``) and write the report folder ``out``. Returns the scores and the manifest.
+
+    ``params`` maps analysis name → parameter overrides (a dict, as in ``[params.<analysis>]``). Every option
+    and parameter is checked before the model loads, the checks that need the model (context length) before
+    any analysis runs; bad input raises ``ReportError``; ``AnalysisFailed`` when an analysis raises (its
+    finished predecessors are kept for resuming).
+    """
+    from tqdm.auto import tqdm
+
+    from interp.analyses import registry
+
+    t_start = time.perf_counter()
+    _check_args(model, analyses, out, params, n_tokens, seed, top_k, resume)
+    out = Path(out)
+    if isinstance(analyses, str):
+        analyses = [a.strip() for a in analyses.split(",") if a.strip()]
+    names = resolve_analyses(analyses)
+    specs = {n: registry.get(n) for n in names}
+    per_params = _prepare_params(names, specs, params, n_tokens)
+    model_name = model.name if not isinstance(model, str) else expected_model_name(model)
+    created = not out.exists()
+    prev, replace = _prepare_out(out, model_name, force=force)
+    t0 = time.perf_counter()
+    model = _load_model(model, out, created)
+    load_seconds = time.perf_counter() - t0
+    try:
+        check_model_params(model, per_params)
+    except ReportError:
+        _remove_if_new(out, created)
+        raise
+    if replace:  # --force over a run of another model / interp version: only now that every check passed
+        _clear_run(out)
+    if prev is not None and prev.get("weights_hash") != model.weights_hash:
+        if not force:
+            raise ReportError(f"output folder {out} holds a run of {prev.get('model')!r} with weights "
+                              f"{prev.get('weights_hash')}, not {model.weights_hash}; choose another --out "
+                              "or pass --force to replace it")
+        _clear_run(out)
+    if not resume and (out / PARTS).is_dir():
+        shutil.rmtree(out / PARTS)
+    io.write_json(out / "run.json", {"model": model.name, "weights_hash": model.weights_hash,
+                                     "interp_version": interp_version()})
+
+    parts, timings, data, computed, resumed, official = {}, {}, [], [], [], {}
+    bar = tqdm(names, desc="analyses", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        spec, p = specs[name], per_params[name]
+        h = params_hash(name, p.to_dict(), seed, model)
+        loaded = _load_part(out / PARTS, name, h) if resume else None
+        if loaded is not None:
+            meta, results = loaded
+            resumed.append(name)
+        else:
+            meta, results = _run_one(spec, model, p, seed, out, h)
+            computed.append(name)
+        parts[name] = results
+        timings[name] = {"seconds": meta["seconds"], "resumed": loaded is not None}
+        official[name] = meta.get("official", [])
+        data += _data_entries(spec, p)
+    bar.close()
+    scores, extra = _write_tables(out, names, parts)
 
     from .html import render_report
 
+    plain = {n: p.to_dict() for n, p in per_params.items()}
     t0 = time.perf_counter()
     io.write_html(out / "report.html", render_report(scores, model_name=model.name, shape=model.shape,
-                                                     params=per_params, top_k=top_k))
+                                                     params=plain, top_k=top_k))
     html_seconds = time.perf_counter() - t0
     from .manifest import build_manifest
 
     manifest = build_manifest(
-        model=model, analyses=names, params=per_params, seed=seed, timings=timings, data_files=data,
+        model=model, analyses=names, params=plain, seed=seed, timings=timings, data_files=data,
         official=official, tables=extra, command=command if command is not None else sys.argv,
         extra_timings={"load_model": round(load_seconds, 3), "report_html": round(html_seconds, 3),
                        "total": round(time.perf_counter() - t_start, 3)})

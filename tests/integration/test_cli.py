@@ -115,7 +115,7 @@ def _flaky_spec(state):
         return {"scores": ScoreTable.from_matrix(vals, model=model.name, analysis="flaky", score="index",
                                                  n_samples=1)}
 
-    return registry.AnalysisSpec("flaky", "test analysis", run=run, default_params={})
+    return registry.AnalysisSpec("flaky", "test analysis", run=run)  # no parameters
 
 
 def test_resume_after_crash_matches_uninterrupted(tmp_path, monkeypatch):

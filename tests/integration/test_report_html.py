@@ -1,4 +1,5 @@
-"""The report page renders in a real headless Chromium: no console errors, every figure drawn, no network.
+"""The report page renders in a real headless Chromium: no console errors, every figure drawn, no network, and
+every score section (head, KV-head, layer and model level) holds a drawn SVG figure or a filled table.
 
 Chromium comes from Debian (``apt-get install -y chromium chromium-driver``; the CI script installs it); the
 browser tests skip only when ``/usr/bin/chromium`` is missing. Console errors are read from Chromium's own log
@@ -54,6 +55,71 @@ PROBE = """<script>setTimeout(function () {
 }, 1000);</script>"""
 
 
+SECTIONS = """<script>setTimeout(function () {
+  var bad = [], ids = [];
+  document.querySelectorAll(".score-section").forEach(function (sec) {
+    ids.push(sec.id);
+    var figs = sec.querySelectorAll(".fig");
+    figs.forEach(function (f) {
+      var svg = f.querySelector(".main-svg");
+      var drawn = f.querySelector(".heatmaplayer image, .barlayer .point path");
+      if (!svg || svg.getBoundingClientRect().width < 100 || !drawn) bad.push(sec.id + ":figure");
+    });
+    if (!figs.length && sec.querySelectorAll("table.model-level tr").length < 2) bad.push(sec.id + ":empty");
+  });
+  document.body.setAttribute("data-sections", ids.join(";"));
+  document.body.setAttribute("data-empty", bad.join(";"));
+}, 1500);</script>"""
+
+
+def expected_sections(scores: pd.DataFrame) -> list[str]:
+    """Section ids the page must hold: one per non-model-level (analysis, score), one model-level table per
+    analysis with model-level rows."""
+    out = []
+    for a in dict.fromkeys(scores["analysis"]):
+        sub = scores[scores["analysis"] == a]
+        out += [f"{a}-{s}" for s in dict.fromkeys(sub.loc[sub["level"] != "model", "score"])]
+        out += [f"{a}-model-level"] if (sub["level"] == "model").any() else []
+    return out
+
+
+def probe_sections(page: Path, tmp_path: Path) -> tuple[list[str], list[str], subprocess.CompletedProcess]:
+    """(section ids, sections without a drawn figure / filled table) of ``page`` laid out in Chromium."""
+    probed = tmp_path / "sections.html"
+    probed.write_text(page.read_text().replace("</body>", SECTIONS + "</body>"))
+    res = chromium(probed.as_uri(), tmp_path, "--dump-dom", "--window-size=1280,2000", budget_ms=20000)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = re.search(r'data-sections="([^"]*)"', res.stdout)
+    empty = re.search(r'data-empty="([^"]*)"', res.stdout)
+    assert got is not None and empty is not None, "the probe did not run"
+    split = lambda m: [x for x in m.group(1).split(";") if x]  # noqa: E731
+    return split(got), split(empty), res
+
+
+def focus_screenshot(page: Path, ids: list[str], shot: Path, tmp_path: Path) -> None:
+    """A screenshot of ``page`` showing only the sections ``ids`` (hidden after the figures were drawn)."""
+    js = ("<script>setTimeout(function(){var keep=" + repr(list(ids)).replace("'", '"') + ";"
+          "document.querySelectorAll('.score-section').forEach(function(s){if(keep.indexOf(s.id)<0)"
+          "s.style.display='none';});document.querySelectorAll('h2, body > p, body > div, nav')"
+          ".forEach(function(e){e.style.display='none';});}, 1500);</script>")
+    focus = tmp_path / "focus.html"
+    focus.write_text(page.read_text().replace("</body>", js + "</body>"))
+    res = chromium(focus.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1280,1100", budget_ms=20000)
+    assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
+
+
+@needs_chromium
+def test_section_probe_catches_empty_sections(tmp_path):
+    """The old bug: a layer-level score rendered as a heading and "n_samples 2", nothing else."""
+    page = tmp_path / "p.html"
+    page.write_text("<html><body><section class='score-section' id='sinks-resid_peak'><h3>resid_peak</h3>"
+                    "<p class='meta'>n_samples 2</p></section><section class='score-section' id='a-model-level'>"
+                    "<table class='model-level'><tr><th>score</th></tr><tr><td>x</td></tr></table></section>"
+                    "</body></html>")
+    ids, empty, _ = probe_sections(page, tmp_path)
+    assert ids == ["sinks-resid_peak", "a-model-level"] and empty == ["sinks-resid_peak:empty"]
+
+
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     from interp.report import run_report
@@ -100,12 +166,82 @@ def test_report_renders_in_chromium(tiny_report, tmp_path):
         chunk = dom[start: end if end > 0 else None]
         assert 'class="main-svg"' in chunk and "xtick" in chunk, f"figure {i} did not render"
     assert "Atlas" in dom and "L0H" in dom or "L1H" in dom
+    ids, empty, _ = probe_sections(page, tmp_path)
+    assert ids == ["attention_basics-first_token_mass", "attention_basics-entropy"] and not empty
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = tmp_path / "shot.png"
     res = chromium(page.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1280,2000")
     assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
     shutil.copy(shot, SCREENSHOTS / "report_tiny.png")
+
+
+TINY_PARAMS = {"sinks": {"n_samples": 8}, "duo_attention": {"steps": 1, "n_tokens": 96, "sink": 4, "recent": 16}}
+
+
+@pytest.mark.slow  # three tiny reports (~20-40 s each on 2 busy cores) and Chromium
+@needs_chromium
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_every_level_renders_on_tiny_models(family, tmp_path):
+    """Head, KV-head (DuoAttention gates), layer (resid_peak, massive_acts, secondary/hidden sinks) and model
+    level scores of a tiny model: every section holds a drawn figure or a filled table, no console errors."""
+    from interp.report import run_report
+
+    res = run_report(f"tiny-{family}", ["attention_basics", "sinks", "duo_attention"], tmp_path / "r",
+                     params=TINY_PARAMS, n_tokens=40, progress=False)
+    assert set(res.scores["level"]) == {"head", "kv_head", "layer", "model"}
+    ids, empty, chrome = probe_sections(tmp_path / "r" / "report.html", tmp_path)
+    assert ids == expected_sections(res.scores) and not empty, empty
+    assert not console_errors(chrome.stderr), console_errors(chrome.stderr)
+    assert {"sinks-resid_peak", "sinks-massive_acts", "duo_attention-duo_alpha"} <= set(ids)
+    if family == "llama":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        focus_screenshot(tmp_path / "r" / "report.html", ["sinks-resid_peak", "duo_attention-duo_alpha"],
+                         SCREENSHOTS / "report_tiny_levels.png", tmp_path)
+
+
+@pytest.mark.slow  # the default model's default report: several minutes on 2 busy cores
+@needs_chromium
+def test_default_model_report_every_section_renders(tmp_path):
+    from interp.report import run_report
+
+    res = run_report("default", None, tmp_path / "default", progress=False)
+    page = tmp_path / "default" / "report.html"
+    layer_scores = sorted(set(res.scores.loc[res.scores["level"] == "layer", "score"]))
+    assert {"resid_peak", "massive_acts", "secondary_sinks", "hidden_sinks_newline"} <= set(layer_scores)
+    ids, empty, chrome = probe_sections(page, tmp_path)
+    assert ids == expected_sections(res.scores) and not empty, empty
+    assert not console_errors(chrome.stderr), console_errors(chrome.stderr)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    focus_screenshot(page, ["sinks-resid_peak", "sinks-massive_acts"], SCREENSHOTS / "report_default_layers.png",
+                     tmp_path)
+
+
+def test_render_every_level_without_a_browser():
+    """Each level's section carries its figure kind: heatmap (head, KV head), bar (layer), table (model)."""
+    from interp.report.html import render_report
+    from interp.scores import ScoreTable
+
+    class Shape:
+        n_layers, n_heads, n_kv_heads, d_head = 3, 4, 2, 8
+
+    rng = np.random.default_rng(1)
+    c = dict(model="m", analysis="t", n_samples=2)
+    scores = ScoreTable.concat([ScoreTable.from_matrix(rng.random((3, 4)), score="h", **c),
+                                ScoreTable.from_matrix(rng.random((3, 2)), score="kv", kv=True, **c),
+                                ScoreTable.from_layers(rng.random(3), score="lay", **c),
+                                ScoreTable.scalar(0.25, score="rate", ci_low=0.1, ci_high=0.4, **c)])
+    html = render_report(scores, model_name="m", shape=Shape, top_k=3)
+    assert html == render_report(scores, model_name="m", shape=Shape, top_k=3)  # deterministic
+    sections = re.findall(r"<section class='score-section' id='([^']+)'>(.*?)</section>", html, flags=re.S)
+    assert [sid for sid, _ in sections] == expected_sections(scores) == ["t-h", "t-kv", "t-lay", "t-model-level"]
+    body = dict(sections)
+    assert '"type":"heatmap"' in body["t-h"] and re.search(r"<td>L\dH\d</td>", body["t-h"])
+    assert '"type":"heatmap"' in body["t-kv"] and re.search(r"<td>L\dKV\d</td>", body["t-kv"])
+    assert '"type":"bar"' in body["t-lay"] and "top 3 layers" in body["t-lay"]
+    assert "<td>rate</td><td>0.25</td><td>0.1</td><td>0.4</td><td>2</td>" in body["t-model-level"]
+    old = render_report(scores.drop(columns="level"), model_name="m", shape=Shape, top_k=3)  # pre-level table
+    assert old == html
 
 
 def test_atlas_matches_independent_computation():

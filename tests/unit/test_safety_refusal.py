@@ -105,9 +105,9 @@ def test_prompt_sets_load_and_bad_files_raise(tmp_path):
 
 
 def test_report_run_on_tiny_model(tiny_llama, tmp_path):
-    from interp.analyses.refusal import DEFAULT_PARAMS, data_files, run
+    from interp.analyses.refusal import SafetyParams, data_files, run
 
-    params = {**DEFAULT_PARAMS, "n_ships": 2, "n_sahara": 3, "n_refusal": 2, "max_new_tokens": 2,
+    params = {**SafetyParams().to_dict(), "n_ships": 2, "n_sahara": 3, "n_refusal": 2, "max_new_tokens": 2,
               "sahara_candidates": 3, "sahara_set_size": 2}
     out = run(tiny_llama, params, tmp_path)
     scores = out["scores"]
