@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -182,22 +181,14 @@ def top_heads(scores, *, threshold: float | None = 0.1, k: int | None = None) ->
 
 
 def save_retrieval_json(counter: dict, path) -> None:
-    """Write ``{"l-h": [scores]}`` atomically (temp file + rename), as the official ``head_score/*.json``."""
+    """Write ``{"l-h": [scores]}`` atomically (``interp.io``), as the official ``head_score/*.json``."""
+    from interp import io
+
     for key, vals in counter.items():
         if not isinstance(vals, (list, tuple)):
             raise TypeError(f"value of {key!r} must be a list of per-sample scores, not "
                             f"{type(vals).__name__}")
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({k: [float(v) for v in vals] for k, vals in counter.items()}, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    io.write_text(path, json.dumps({k: [float(v) for v in vals] for k, vals in counter.items()}))
 
 
 def load_retrieval_json(path) -> dict[str, list[float]]:

@@ -16,7 +16,6 @@ otherwise); ``main`` refuses with a clear message.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -102,10 +101,9 @@ def main(argv=None) -> list[dict]:
                     print(f"{kern:7s} {dt:5s} {d:6d} {r['arch']:6s} {r['block_m']:>3d}x{r['block_n']:<3d} "
                           f"{r['regs']:5d} {r['stack_bytes']:8d} {r['dyn_shared'] / 1024:8.1f}", flush=True)
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(a.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(a.json)
+        from interp.io import write_json
+
+        write_json(a.json, rows, indent=1, sort_keys=False)
     return rows
 
 
