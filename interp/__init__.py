@@ -24,6 +24,7 @@ _LAZY = {
     "UniformAttention": ".interventions", "Scale": ".interventions", "Knockout": ".interventions",
     "Patch": ".interventions", "load_interventions": ".interventions", "save_interventions": ".interventions",
     "patch_sweep": ".patching", "PatchResult": ".patching",
+    "generate": ".generation", "Generation": ".generation",
     "logit_diff": ".metrics", "kl_to_clean": ".metrics", "loss": ".metrics", "answer_prob": ".metrics",
     "ScoreTable": ".scores",
 }
