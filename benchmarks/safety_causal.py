@@ -92,6 +92,7 @@ def main(argv=None):
     from interp.analyses.refusal import generate, is_refusal, mcnemar_exact_p, random_heads, wilson_interval
     from interp.analyses.sahara import sahara
     from interp.analyses.ships import dataset_scores, ships_kl, top_heads
+    from interp.metrics import kl_div
 
     for m in extra:
         check_method(m, 1e-5)
@@ -223,7 +224,7 @@ def main(argv=None):
 
     def first_token_stats(rec, first):
         ref = clean_first
-        kl_ = (ref.double().exp() * (ref.double() - first.double())).sum(-1).clamp(min=0)
+        kl_ = kl_div(ref, first)
         tok = ref.argmax(-1)
         rec["first_token_kl_mean"] = float(kl_.mean())
         rec["first_token_kl_max"] = float(kl_.max())
