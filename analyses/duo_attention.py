@@ -25,7 +25,6 @@ dense float64 sink+recent masked computation, and TSV round trip.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,13 +205,14 @@ def retrieval_kv_heads(alpha, *, threshold: float | None = 0.5, sparsity: float 
 
 
 def save_duo_tsv(alpha, path) -> None:
-    """Official format: one row per layer, one tab-separated column per KV head."""
+    """Official format: one row per layer, one tab-separated column per KV head (written atomically)."""
+    from interp import io
+
     a = np.asarray(alpha.detach().cpu() if hasattr(alpha, "detach") else alpha, dtype=float)
     if a.ndim != 2:
         raise ValueError(f"alpha must be [layer, kv_head], got shape {a.shape}")
-    tmp = f"{os.fspath(path)}.tmp"
-    np.savetxt(tmp, a, delimiter="\t", fmt="%.6f")
-    os.replace(tmp, path)
+    with io.atomic_path(path) as tmp:
+        np.savetxt(tmp, a, delimiter="\t", fmt="%.6f")
 
 
 def load_duo_tsv(path) -> np.ndarray:

@@ -115,7 +115,7 @@ def residual_stats(model, ids: torch.Tensor, *, abs_min: float = 100.0, ratio: f
 
 def _z_to_v0(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
     """Per-sample loss ``[head, batch]`` with head c's z replaced by v_0 of its KV head in batch copy c."""
-    from interp.analyses.sinks import next_token_loss
+    from interp.metrics import next_token_loss
     from interp.sites import Site
 
     s = model.shape
@@ -140,7 +140,7 @@ def _z_to_v0(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
 
 def dormant_dloss(model, ids: torch.Tensor, *, layers=None) -> torch.Tensor:
     """Δloss ``[layer, head]`` (mean over samples) of moving each head's attention entirely to token 0."""
-    from interp.analyses.sinks import next_token_loss
+    from interp.metrics import next_token_loss
 
     s = model.shape
     with torch.no_grad():

@@ -130,13 +130,13 @@ def induction_probe(model, n_samples: int = 8, half: int = 100, seed: int = 0) -
 
 def loss_with_zeroed_heads(model, ids: torch.Tensor, heads, from_pos: int = 0) -> float:
     """Mean next-token loss (targets after ``from_pos``) with the z of every ``(layer, head)`` zeroed."""
-    from interp.analyses.sinks import next_token_loss
+    from interp.metrics import mean_next_token_loss
     from interp.sites import Site
 
     hooks = {Site(layer, "z", h): (lambda x, s: torch.zeros_like(x)) for layer, h in heads}
     with torch.no_grad(), model.hooks(hooks):
         logits = model.forward(ids).logits
-    return float(next_token_loss(logits, ids, from_pos).mean())
+    return float(mean_next_token_loss(logits, ids, from_pos=from_pos))
 
 
 def ablation_check(model, scores: torch.Tensor, ids: torch.Tensor, *, k: int = 5, n_random: int = 5,

@@ -64,17 +64,16 @@ def divergence_of(o_with: torch.Tensor, o_without: torch.Tensor) -> dict[str, to
     return {"l2": diff, "cos": 1 - cos, "rel": diff / o_with.norm(dim=-1).clamp_min(1e-12)}
 
 
-@torch.no_grad()
-def greedy_continuation(model, ids: torch.Tensor, n: int, **forward_kw) -> list[int]:
-    """``n`` greedy tokens after ``ids`` [1, pos] (KV cache; stops early at EOS)."""
+def greedy_continuation(model, ids: torch.Tensor, n: int, **prefill_kw) -> list[int]:
+    """``n`` greedy tokens after ``ids`` [1, pos] (``interp.generation``: KV cache; stops early at the generation
+    config's EOS, the token included). ``prefill_kw``: extra forward arguments of the prompt (``pixel_values``)."""
     if n <= 0:
         return []
-    from interp.hooks import interp_attention_active
+    from interp.generation import generate
 
-    with interp_attention_active(model):
-        out = model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                do_sample=False, pad_token_id=model.tokenizer.pad_token_id or 0, **forward_kw)
-    return out[0, ids.shape[1]:].tolist()
+    eos = getattr(getattr(model.hf, "generation_config", None), "eos_token_id", None)
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return generate(model, ids, max_new_tokens=n, stop="eos", eos=eos, prefill_kwargs=prefill_kw).tokens[0]
 
 
 def context_divergence(model, samples, *, n_generate: int = 8, generated_only: bool = False):

@@ -188,36 +188,6 @@ def sample_key(length: int, depth: float, needle_idx: int) -> str:
     return f"{int(length)}|{float(depth):g}|{int(needle_idx)}"
 
 
-def _read_checkpoint(path, meta: dict) -> dict[str, dict]:
-    """Records already in ``path`` (a half-written last line from a kill is dropped); checks the header."""
-    import os
-
-    if not os.path.exists(path):
-        return {}
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw and not raw.endswith(b"\n"):  # killed mid-write: cut the partial line so appends stay valid
-        raw = raw[: raw.rfind(b"\n") + 1]
-        with open(path, "wb") as f:
-            f.write(raw)
-    lines = [json.loads(x) for x in raw.decode("utf-8").splitlines() if x.strip()]
-    if not lines:
-        return {}
-    if lines[0].get("meta") != meta:
-        raise ValueError(f"checkpoint {path} was written with different settings {lines[0].get('meta')} "
-                         f"(now {meta}); delete it or pass another checkpoint path")
-    return {r["key"]: r for r in lines[1:]}
-
-
-def _append(path, obj) -> None:
-    import os
-
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def run_sweep(model, score_fn, *, lengths, depths, needles=None, checkpoint=None, meta=None, on_sample=None,
               buffer: int = 200, chat: bool | None = None, progress: bool = False) -> list[dict]:
     """Run ``score_fn(model, sample) -> dict`` (JSON-serialisable) on every (needle, length, depth) cell.
@@ -227,8 +197,9 @@ def run_sweep(model, score_fn, *, lengths, depths, needles=None, checkpoint=None
     with the same final records. ``on_sample(record)`` is called after each newly computed sample (it may
     raise to stop the sweep). Returns the records in grid order.
     """
-    import os
     import time
+
+    from interp.io import JsonlCheckpoint
 
     all_needles = load_needles()
     needles = list(range(len(all_needles))) if needles is None else [int(n) for n in needles]
@@ -238,22 +209,20 @@ def run_sweep(model, score_fn, *, lengths, depths, needles=None, checkpoint=None
     if not lengths or not depths:
         raise ValueError(f"lengths and depths must be non-empty, got {lengths!r} and {depths!r}")
     meta = dict(meta or {}, model=model.name, buffer=buffer, chat=chat)
-    done = _read_checkpoint(checkpoint, meta) if checkpoint else {}
-    if checkpoint and not done and (not os.path.exists(checkpoint) or os.path.getsize(checkpoint) == 0):
-        _append(checkpoint, {"meta": meta})
+    ckpt = JsonlCheckpoint(checkpoint, meta) if checkpoint else None
     out = []
     for length, depth, n in grid(lengths, depths, needles):
         key = sample_key(length, depth, n)
-        if key in done:
-            out.append(done[key])
+        if ckpt is not None and key in ckpt:
+            out.append(ckpt.get(key))
             continue
         t0 = time.perf_counter()
         sample = build_sample(model, all_needles[n], length, depth, needle_idx=n, buffer=buffer, chat=chat)
         rec = dict(score_fn(model, sample), key=key, length=length, depth=depth, needle_idx=n,
                    n_tokens=len(sample.prompt_ids), span=list(sample.span))
         rec["seconds"] = round(time.perf_counter() - t0, 3)
-        if checkpoint:
-            _append(checkpoint, rec)
+        if ckpt is not None:
+            ckpt.add(rec)
         out.append(rec)
         if progress:
             print(f"  {key}: {rec['n_tokens']} tokens, rouge {rec.get('rouge', float('nan')):.2f}, "

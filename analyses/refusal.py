@@ -1,8 +1,8 @@
 """Refusal evaluation for the safety-head analysis (Zhou et al., "On the Role of Attention Heads in Large
 Language Model Safety", ICLR 2025), and the ``safety`` report run (Ships → Sahara → refusal check).
 
-Generation: greedy (``do_sample=False``), ``max_new_tokens`` (default 32), batched with left padding, through
-``model.hf.generate`` inside ``model.hooks(...)`` so the interp attention function applies the head ablation
+Generation: greedy, ``max_new_tokens`` (default 32), batched with left padding, by ``interp.generation.generate``
+(stops at the tokenizer's end-of-sequence token) with the head ablation as hook handlers in every forward
 (``analyses._safety_data.row_ablation_handlers``; with the KV cache the q hook sees only the new positions,
 which is all that q scaling needs; ``"mean"`` ablation generates without the cache so the mean spans the
 whole sequence).
@@ -81,29 +81,25 @@ def generate(model, prompts: str | Sequence[str], *, template: str = "chat", max
     check_method(method, eps)
     heads = check_heads(model, ablate)
     rows = encode(model, load_prompts(prompts), template)
-    n_ctx = model.shape.n_ctx
-    from interp.batching import pad_batch, pad_id
+    from interp.batching import pad_batch
+    from interp.generation import eos_ids
+    from interp.generation import generate as greedy
 
-    pad = pad_id(model.tokenizer)
     eos = getattr(model.tokenizer, "eos_token_id", None)
+    eos = eos_ids(model) if eos is None else [eos]  # the tokenizer's end token (as HF generate was given)
+    first_lp = lambda step: (torch.log_softmax(step.logits.double(), dim=-1).float().cpu()
+                             if step.index == 0 else None)  # [batch, d_vocab] at the prompt's last position
     out, first = [], []
     for start in range(0, len(rows), batch_size):
         ids, mask = pad_batch(model, rows[start:start + batch_size])
-        if n_ctx and ids.shape[1] + max_new_tokens > n_ctx:
-            raise ValueError(f"prompt + {max_new_tokens} new tokens = {ids.shape[1] + max_new_tokens} exceeds "
-                             f"{model.name}'s context of {n_ctx}; shorten the prompts or max_new_tokens")
         handlers = row_ablation_handlers(model, [heads] * ids.shape[0], method=method, eps=eps,
                                          attention_mask=mask) if heads else {}
-        with model.hooks(handlers):
-            gen = model.hf.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                    max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                    eos_token_id=eos, use_cache=method != "mean" or not heads,
-                                    temperature=None, top_p=None, top_k=None,
-                                    return_dict_in_generate=True, output_logits=return_first_logprobs)
+        gen = greedy(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, stop="eos", eos=eos,
+                     handlers=handlers, use_cache=method != "mean" or not heads,
+                     on_step=first_lp if return_first_logprobs else None)
         if return_first_logprobs:
-            first.append(torch.log_softmax(gen.logits[0].double(), dim=-1).float().cpu())
-        for row in gen.sequences[:, ids.shape[1]:]:
-            out.append(model.tokenizer.decode(row.tolist(), skip_special_tokens=True))
+            first.append(gen.captures[0])
+        out += gen.texts
     return (out, torch.cat(first)) if return_first_logprobs else out
 
 

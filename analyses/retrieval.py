@@ -10,12 +10,15 @@ At decode step t the query is the token fed at step t and the model emits ``w_t 
 where ``[start, end)`` is the needle span (``niah.find_needle_span``). That is, the key a head looks at most
 while producing ``w_t`` is compared with ``w_t`` itself (the official code compares the argmax of step t's
 attention with the token generated from step t's logits). Decoding stops after 50 tokens or after a token
-containing a newline (the official stop; we also stop at end-of-sequence tokens, which carry no answer).
+containing a newline (``stop_rule="newline"``, the default; it also stops at end-of-sequence tokens, which carry
+no answer). The official code's own rule, ``stop_rule="paper"``, stops only on Llama-2's newline byte token
+``<0x0A>`` or id 144, so on BPE vocabularies it runs to the token limit (see ``interp.generation``).
 A sample's scores are kept only when ROUGE-1 recall of the answer vs ``real_needle`` > 0.5; the head score is
 the mean over kept samples and heads scoring > 0.1 are retrieval heads. Results read/write the paper's JSON
 ``{"l-h": [per-sample scores]}``.
 
-Implementation: prefill uses SDPA (no pattern); at every decode step the interp attention function hands each
+Implementation: ``interp.generation.generate(feed_last=True)`` decodes; prefill uses SDPA (no pattern); at every
+decode step the interp attention function hands each
 layer's post-RoPE ``query [1, head, 1, d_head]`` and cached ``key [1, kv_head, key_pos, d_head]`` to
 ``ArgmaxCapture``, which asks the statistics engine for the argmax key only. Validated in
 ``tests/unit/test_retrieval*.py`` against an eager decode with ``output_attentions`` scored by a direct
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +54,9 @@ class RetrievalParams(Params):
     threshold: float = param(0.1, "score above which a head is a retrieval head", ge=0, le=1)
     buffer: int = param(200, "tokens kept free for the question (official buffer)", ge=0)
     checkpoint: str | None = param(None, "JSONL file to checkpoint/resume the sweep")
+    stop_rule: str = param("newline", "when decoding stops (interp.generation stop rules; 'paper' is the official "
+                           "code's Llama-2 newline rule, which never fires on BPE vocabularies)",
+                           choices=("newline", "paper", "eos", "none"))
 
     def check(self, where):
         for key in ("lengths", "depths", "needles"):
@@ -96,48 +101,33 @@ class ArgmaxCapture(Capture):
         self.step[layer] = res["argmax"][0, :, 0].long().cpu()
 
 
-def _is_stop(model, token: int) -> bool:
-    tok = model.tokenizer
-    eos = {getattr(tok, "eos_token_id", None), getattr(model.hf.generation_config, "eos_token_id", None)}
-    eos = {x for e in eos for x in (e if isinstance(e, (list, tuple)) else [e]) if x is not None}
-    return token in eos or "\n" in tok.decode([token])
-
-
-@torch.no_grad()
-def decode_with_argmax(model, prompt_ids, *, max_new_tokens: int = 50, handlers=None, capture: bool = True):
+def decode_with_argmax(model, prompt_ids, *, max_new_tokens: int = 50, handlers=None, capture: bool = True,
+                       stop_rule: str = "newline"):
     """Greedy decode after ``prompt_ids`` [pos] exactly as the official code (prefill all but the last token).
 
     Returns ``(generated [step] list[int], argmax [step, layer, head] int64 array)`` (``argmax`` is ``None``
     when ``capture=False``). ``handlers``: extra ``{Site: fn}`` hooks active during prefill and decode.
+    ``stop_rule``: ``"newline"`` (default), ``"paper"``, ``"eos"`` or ``"none"`` (``interp.generation``).
     """
+    from interp.generation import generate
+
     ids = [int(x) for x in (prompt_ids.tolist() if hasattr(prompt_ids, "tolist") else prompt_ids)]
     if len(ids) < 2:
         raise ValueError(f"the prompt needs at least 2 tokens (prefill + first decode step), got {len(ids)}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    model.check_tokens(torch.tensor([ids]))
-    cap = ArgmaxCapture(model.shape.n_layers) if capture else None
-    dev = model.device
-    generated, rows = [], []
-    with model.hooks(handlers or {}, capture=cap):
-        # only the cache is needed from the prefill: skip its [pos, d_vocab] logits (large for 150k vocabularies)
-        out = model.hf(input_ids=torch.tensor([ids[:-1]], device=dev), use_cache=True, logits_to_keep=1)
-        past, inp = out.past_key_values, ids[-1]
-        if cap is not None:
-            cap.active = True
-        for _ in range(max_new_tokens):
-            if cap is not None:
-                cap.step = {}
-            out = model.hf(input_ids=torch.tensor([[inp]], device=dev), past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            inp = int(out.logits[0, -1].argmax())
-            generated.append(inp)
-            if cap is not None:
-                rows.append(torch.stack([cap.step[layer] for layer in range(model.shape.n_layers)]))
-            if _is_stop(model, inp):
-                break
-    argmax = torch.stack(rows).numpy() if cap is not None else None
-    return generated, argmax
+    cap = None
+    if capture:
+        cap = ArgmaxCapture(model.shape.n_layers)
+        cap.active = True  # generate installs it for the one-token decode steps only
+
+    def read(step):  # the argmax keys of this step, every layer: [layer, head]
+        row = torch.stack([cap.step[layer] for layer in range(model.shape.n_layers)])
+        cap.step = {}
+        return row
+
+    out = generate(model, [ids], max_new_tokens=max_new_tokens, stop=stop_rule, handlers=handlers,
+                   capture=cap, on_step=read if cap is not None else None, feed_last=True)
+    argmax = torch.stack(out.captures).numpy() if cap is not None else None
+    return out.tokens[0], argmax
 
 
 def retrieval_scores_from_argmax(argmax, generated, prompt_ids, span) -> np.ndarray:
@@ -162,10 +152,11 @@ def retrieval_scores_from_argmax(argmax, generated, prompt_ids, span) -> np.ndar
     return hits.sum(0) / (end - start)
 
 
-def score_sample(model, sample, *, max_new_tokens: int = 50, handlers=None, capture: bool = True) -> dict:
+def score_sample(model, sample, *, max_new_tokens: int = 50, handlers=None, capture: bool = True,
+                 stop_rule: str = "newline") -> dict:
     """Decode one ``NiahSample``; returns response, ROUGE-1 recall, ``kept`` and per-head ``scores``."""
     gen, argmax = decode_with_argmax(model, sample.prompt_ids, max_new_tokens=max_new_tokens,
-                                     handlers=handlers, capture=capture)
+                                     handlers=handlers, capture=capture, stop_rule=stop_rule)
     response = model.tokenizer.decode(gen, skip_special_tokens=True).strip()
     rouge = rouge1_recall(sample.real_needle, response)
     rec = {"response": response, "rouge": rouge, "kept": rouge > 0.5, "n_generated": len(gen)}
@@ -209,22 +200,14 @@ def top_heads(scores, *, threshold: float | None = 0.1, k: int | None = None) ->
 
 
 def save_retrieval_json(counter: dict, path) -> None:
-    """Write ``{"l-h": [scores]}`` atomically (temp file + rename), as the official ``head_score/*.json``."""
+    """Write ``{"l-h": [scores]}`` atomically (``interp.io``), as the official ``head_score/*.json``."""
+    from interp import io
+
     for key, vals in counter.items():
         if not isinstance(vals, (list, tuple)):
             raise TypeError(f"value of {key!r} must be a list of per-sample scores, not "
                             f"{type(vals).__name__}")
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({k: [float(v) for v in vals] for k, vals in counter.items()}, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    io.write_text(path, json.dumps({k: [float(v) for v in vals] for k, vals in counter.items()}))
 
 
 def load_retrieval_json(path) -> dict[str, list[float]]:
@@ -253,17 +236,25 @@ def uniform_attention_handlers(heads, eps: float = 1e-5) -> dict:
 
 def niah_sweep(model, *, lengths, depths, needles=None, max_new_tokens: int = 50, checkpoint=None,
                on_sample=None, masked_heads=(), capture: bool = True, buffer: int = 200,
-               progress: bool = False) -> list[dict]:
+               progress: bool = False, stop_rule: str = "newline") -> list[dict]:
     """Retrieval-score every (needle, length, depth) cell; see ``niah.run_sweep`` for checkpoint/resume.
 
     ``masked_heads``: [(layer, head)] given uniform attention throughout (for the causal check).
+    ``stop_rule``: when decoding stops (``interp.generation.STOP_RULES``; default today's ``"newline"``).
     """
+    from interp.generation import STOP_RULES
+
     from .niah import run_sweep
 
+    if stop_rule not in STOP_RULES:
+        raise ValueError(f"unknown stop_rule {stop_rule!r}; choose one of {', '.join(map(repr, STOP_RULES))}")
     masked = sorted((int(l), int(h)) for l, h in masked_heads)
     handlers = uniform_attention_handlers(masked) if masked else None
     meta = {"max_new_tokens": max_new_tokens, "masked": [list(x) for x in masked], "capture": capture}
-    fn = lambda m, s: score_sample(m, s, max_new_tokens=max_new_tokens, handlers=handlers, capture=capture)
+    if stop_rule != "newline":  # the default is left out so checkpoints written before stop rules still resume
+        meta["stop_rule"] = stop_rule
+    fn = lambda m, s: score_sample(m, s, max_new_tokens=max_new_tokens, handlers=handlers, capture=capture,
+                                   stop_rule=stop_rule)
     return run_sweep(model, fn, lengths=lengths, depths=depths, needles=needles, checkpoint=checkpoint,
                      meta=meta, on_sample=on_sample, buffer=buffer, progress=progress)
 
@@ -321,7 +312,8 @@ def run(model, params: RetrievalParams | dict | None = None, out_dir=None) -> di
 
     p = RetrievalParams.coerce(params, where="retrieval")
     recs = niah_sweep(model, lengths=list(p.lengths), depths=list(p.depths), needles=list(p.needles),
-                      max_new_tokens=p.max_new_tokens, checkpoint=p.checkpoint, buffer=p.buffer)
+                      max_new_tokens=p.max_new_tokens, checkpoint=p.checkpoint, buffer=p.buffer,
+                      stop_rule=p.stop_rule)
     counter = head_counter(recs)
     n_kept = sum(r["kept"] for r in recs)
     mat = retrieval_head_scores(counter, model.shape.n_layers, model.shape.n_heads)

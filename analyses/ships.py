@@ -10,7 +10,7 @@ For a harmful query ``q`` and head ``(l, h)``::
 the head's query is multiplied by ``eps = 1e-5`` so its attention becomes ~uniform over the prefix; ``"zero"``
 (z = 0) and ``"mean"`` (z = its mean over positions) are selectable (``analyses._safety_data``). The KL
 direction is the official ``kl_divergence(base_pd, mask_pd)``; we compute it in float64 from log-softmax
-instead of adding 1e-12 to the probabilities.
+(``interp.metrics.kl_div``) instead of adding 1e-12 to the probabilities.
 
 Dataset level (official ``ships_res_stats``): per head, ``ships_top10_count`` = number of queries whose
 top-``k`` heads (k = 10) contain it and ``ships_top10_kl_sum`` = its KL summed over those queries; we also
@@ -30,15 +30,11 @@ from dataclasses import dataclass
 
 import torch
 
+from interp.metrics import kl_div
+
 from ._safety_data import check_heads, check_method, encode, load_prompts, row_ablation_handlers
 
 ANALYSIS = "safety"
-
-
-def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``KL(p ‖ q)`` along the last dim from log-probabilities ``[..., d_vocab]`` (float64), shape ``[...]``."""
-    log_p, log_q = log_p.double(), log_q.double()
-    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0)
 
 
 def rows_per_chunk(model, n_pos: int, memory_budget_mb: float = 1024) -> int:
@@ -97,7 +93,7 @@ def ships_kl(model, query: str | Sequence[int], *, heads: Sequence[tuple[int, in
         part = heads[start:start + chunk]
         handlers = row_ablation_handlers(model, [[h] for h in part], method=method, eps=eps)
         ablated = last_logprobs(model, ids.expand(len(part), -1), handlers)
-        kl = kl_divergence(clean.expand_as(ablated), ablated)
+        kl = kl_div(clean.expand_as(ablated), ablated)
         for (layer, head), v in zip(part, kl.tolist()):
             out[layer, head] = v
     return out

@@ -143,13 +143,6 @@ def sink_scores(model, *, conditions=("prose", "random", "repeated"), n_samples:
 
 
 # --- causal check --------------------------------------------------------------------------------------------
-def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, from_pos: int = 0) -> torch.Tensor:
-    """Per-sample mean next-token loss ``[batch]`` over targets at positions > ``from_pos``."""
-    lp = torch.log_softmax(logits[:, :-1].double(), -1)
-    nll = -lp.gather(-1, ids[:, 1:, None].to(lp.device)).squeeze(-1)  # [batch, pos - 1]
-    return nll[:, from_pos:].mean(-1)
-
-
 def _drop_first_key(pattern: torch.Tensor) -> torch.Tensor:
     """Pattern ``[batch, query_pos, key_pos]`` with key 0 removed and rows ≥ 1 renormalised."""
     p = pattern.clone()
@@ -161,13 +154,14 @@ def _drop_first_key(pattern: torch.Tensor) -> torch.Tensor:
 def loss_without_first_token(model, ids: torch.Tensor, heads) -> float:
     """Mean next-token loss with attention to the first token removed (renormalised) in every head of ``heads``
     (list of ``(layer, head)``); ``ids [batch, pos]`` should be short (the pattern is materialised)."""
+    from interp.metrics import mean_next_token_loss
     from interp.sites import Site
 
     _check_ids(model, ids)
     hooks = {Site(layer, "pattern", h): (lambda x, s: _drop_first_key(x)) for layer, h in heads}
     with torch.no_grad(), model.hooks(hooks):
         logits = model.forward(ids).logits
-    return float(next_token_loss(logits, ids).mean())
+    return float(mean_next_token_loss(logits, ids))
 
 
 def sink_removal_check(model, alpha_head: torch.Tensor, ids: torch.Tensor, *, k: int = 5, n_random: int = 5,

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from interp import io
+
 STATS = ["lse", "entropy", "mass_first", "mass_recent", "attn_distance", "prev_token", "argmax", "col_sum",
          "col_alpha"]
 
@@ -111,9 +113,7 @@ def main() -> None:
             print(f"| {n} | {r['method']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {tr:.2f} | {mr:.2f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"stats": STATS, "rows": rows, "cpu_count": os.cpu_count()}, indent=2))
-    os.replace(tmp, out)
+    io.write_json(out, {"stats": STATS, "rows": rows, "cpu_count": os.cpu_count()}, sort_keys=False)
     print(f"\nwrote {out}")
 
 

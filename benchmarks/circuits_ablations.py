@@ -23,6 +23,8 @@ import json
 import time
 from pathlib import Path
 
+from interp import io
+
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,9 +91,7 @@ def main(argv=None) -> dict:
     if a.skip_ablations and out.exists():  # keep the ablation table of an earlier run
         res = dict(json.loads(out.read_text()), spot_checks=spot)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out)
+    io.write_json(out, res, indent=1, sort_keys=False)
     print(f"wrote {out}")
     return res
 

@@ -18,9 +18,10 @@ reports/bench/circuits_acdc_<model>.json and the ACDC circuit JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from interp import io
 
 
 def main() -> None:
@@ -123,7 +124,7 @@ def main() -> None:
         circ.meta.pop("removed", None)
         circ.to_json(out.with_name(f"circuits_acdc_{model.name}_{args.level}_tau{tau:g}.json"))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1))
+        io.write_json(out, res, indent=1, sort_keys=False)
     print(f"wrote {out}")
 
 

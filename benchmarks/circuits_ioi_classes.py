@@ -26,6 +26,8 @@ import json
 import time
 from pathlib import Path
 
+from interp import io
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +70,7 @@ def main() -> None:
 
     def save():
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1))
+        io.write_json(out, res, indent=1, sort_keys=False)
 
     task = ioi_task(model, args.n, seed=args.seed)
     tt = task.tokens(model)

@@ -23,6 +23,8 @@ import json
 import time
 from pathlib import Path
 
+from interp import io
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,7 +72,7 @@ def main() -> None:
 
     def save():
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1))
+        io.write_json(out, res, indent=1, sort_keys=False)
 
     def timed(name, fn):
         t0 = time.perf_counter()
@@ -118,7 +120,7 @@ def main() -> None:
             return torch.load(f)
         sc = timed(name, fn)
         torch.save(sc, f)
-        f.with_suffix(".s").write_text(str(res["timings_s"][name]))
+        io.write_text(f.with_suffix(".s"), str(res["timings_s"][name]))
         return sc
 
     ioi = toks["ioi"]

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from interp import io
+
 
 def _rss_mb() -> float:
     for line in open("/proc/self/status"):
@@ -95,7 +97,7 @@ def main() -> None:
               f"{s['seconds_collect']:>10.1f} {s['ok']}")
     out = Path(__file__).resolve().parents[1] / "reports" / "bench" / "collect_memory.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "collect_memory", "model": "default", "runs": results}, indent=1))
+    io.write_json(out, {"benchmark": "collect_memory", "model": "default", "runs": results}, indent=1, sort_keys=False)
     print(f"wrote {out}")
 
 

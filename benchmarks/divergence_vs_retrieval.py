@@ -11,12 +11,12 @@ scores read from an official-format JSON (``{"l-h": [per-sample scores]}``, e.g.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from interp import io
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,9 +75,7 @@ def main() -> None:
     print("top-10 retrieval:        ", out["top10_retrieval"])
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
+    io.write_json(path, out, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from interp import io
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "bench"
 
@@ -42,25 +43,6 @@ def parse(argv=None):
     p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the training checkpoint")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
-
-
-def _read_log(path, meta, fresh):
-    if fresh or not path.exists():
-        path.write_text(json.dumps({"meta": meta}) + "\n")
-        return []
-    lines = path.read_text().splitlines()
-    recs = []
-    for i, line in enumerate(lines):
-        try:
-            recs.append(json.loads(line))
-        except json.JSONDecodeError:  # a kill mid-write leaves a partial last line
-            if i != len(lines) - 1:
-                raise
-            path.write_text("\n".join(lines[:i]) + "\n")
-    if not recs or recs[0].get("meta") != meta:
-        raise ValueError(f"{path} was written with other settings {recs[0].get('meta') if recs else None} "
-                         f"(now {meta}); pass --fresh to start over")
-    return recs[1:]
 
 
 def _spearman(a, b):
@@ -90,15 +72,15 @@ def main(argv=None, model=None):
     meta = {"model": model.name, "tokens": a.tokens, "n_keys": a.n_keys, "sink": a.sink, "recent": a.recent,
             "lam": a.lam, "lr": a.lr, "seed": a.seed}
     log_path, tsv = OUT / f"duo_{tag}_train.jsonl", OUT / f"duo_alpha_{tag}.tsv"
-    curve = _read_log(log_path, meta, a.fresh)
+    ckpt = io.JsonlCheckpoint(log_path, meta, key="step", fresh=a.fresh, hint="pass --fresh to start over")
+    curve = ckpt.records()  # one record per finished step (a torn last line from a kill is dropped)
     alpha0 = curve[-1]["alpha"] if curve else None
     todo = max(0, a.steps - len(curve))
     print(f"resuming after {len(curve)} steps" if curve else "training from α = 1", f"; {todo} steps to go",
           flush=True)
 
     def log(rec):
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        ckpt.add(rec)
         duo.save_duo_tsv(np.asarray(rec["alpha"]), tsv)
         curve.append(rec)
         print(f"  step {rec['step']:4d}  loss {rec['loss']:.5f}  distill {rec['distill']:.5f}  "
@@ -155,7 +137,7 @@ def main(argv=None, model=None):
         "retrieval_max": cmp.get("retrieval_max"), "retrieval_mean": cmp.get("retrieval_mean"),
         "loss_curve": [{k: r[k] for k in ("step", "loss", "distill", "mean_alpha", "seconds")} for r in curve],
     }
-    (OUT / f"duo_{tag}.json").write_text(json.dumps(out, indent=1))
+    io.write_json(OUT / f"duo_{tag}.json", out, indent=1, sort_keys=False)
     return out
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import threading
 import time
 from pathlib import Path
+
+from interp import io
 
 
 class PeakRSS:
@@ -121,7 +122,7 @@ def main() -> None:
     print("EAP-IG seconds per step:", ", ".join(f"m={r['steps']}: {r['seconds'] / r['steps']:.2f}" for r in ig))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
+    io.write_json(out, summary, indent=1, sort_keys=False)
     print(f"wrote {out}")
 
 

@@ -11,13 +11,14 @@ Reports wall time of each (clean cache run included), the speed-up and the max |
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from interp import io
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
@@ -98,9 +99,7 @@ def main():
                tl_table=ref.tolist())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out)
+    io.write_json(out, doc, indent=1, sort_keys=False)
     print(f"wrote {out}")
 
 

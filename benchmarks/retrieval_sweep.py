@@ -14,11 +14,12 @@ writes the paper's ``{"l-h": [scores]}`` JSON to ``reports/bench/retrieval_<mode
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from interp import io
 
 OUT = Path(__file__).resolve().parents[1] / "reports" / "bench"
 
@@ -115,7 +116,7 @@ def main(argv=None, model=None):
         "causal_random_summary": random_summary,
         "responses": [{k: r[k] for k in ("key", "n_tokens", "rouge", "response")} for r in recs],
     }
-    (OUT / f"retrieval_sweep_{tag}.json").write_text(json.dumps(summary, indent=1))
+    io.write_json(OUT / f"retrieval_sweep_{tag}.json", summary, indent=1, sort_keys=False)
     return summary
 
 

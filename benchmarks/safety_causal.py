@@ -24,37 +24,36 @@ Usage: ``OMP_NUM_THREADS=1 python benchmarks/safety_causal.py --threads 1 [--ks 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
+
+from interp import io
 
 
 def hname(heads) -> str:
     return " ".join(f"L{a}H{b}" for a, b in heads)
 
 
+def unit_key(rec) -> tuple:
+    return rec["kind"], rec["name"], rec["settings"]
+
+
 class Checkpoint:
-    """Append-only jsonl of finished units, keyed by ``(kind, name, settings)``."""
+    """The finished units (``interp.io.JsonlCheckpoint``), keyed by ``(kind, name, settings)``; each record
+    carries its own settings, so the file has no header."""
 
     def __init__(self, path: Path):
-        self.path, self.units = path, {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    self.units[(rec["kind"], rec["name"], rec["settings"])] = rec
+        self.jsonl = io.JsonlCheckpoint(path, None, key=unit_key)
 
     def get(self, kind, name, settings, heads=None):
-        rec = self.units.get((kind, name, settings))
+        rec = self.jsonl.get((kind, name, settings))
         if rec is not None and heads is not None and rec.get("heads") != hname(heads):
             return None  # same name but a different head list (e.g. Ships ranking changed): redo
         return rec
 
     def put(self, rec):
-        self.units[(rec["kind"], rec["name"], rec["settings"])] = rec
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self.jsonl.add(rec, replace=True)
 
 
 def main(argv=None):
@@ -93,6 +92,7 @@ def main(argv=None):
     from interp.analyses.refusal import generate, is_refusal, mcnemar_exact_p, random_heads, wilson_interval
     from interp.analyses.sahara import sahara
     from interp.analyses.ships import dataset_scores, ships_kl, top_heads
+    from interp.metrics import kl_div
 
     for m in extra:
         check_method(m, 1e-5)
@@ -106,7 +106,7 @@ def main(argv=None):
                     "judge": "GCG _test_prefixes + EXTRA_PHRASES keyword match (analyses/refusal.py)",
                     "decoding": f"greedy, {a.max_new_tokens} new tokens, batch {a.batch_size}, left padding",
                     "ablation_default": "scale: head's query × 1e-5 (attention ~uniform over the prefix)"}
-    dump = lambda: out.write_text(json.dumps(result, indent=2))
+    dump = lambda: io.write_json(out, result, sort_keys=False)
 
     harmful = load_prompts("advbench", a.n_harmful)
     harmless = load_prompts("harmless", a.n_harmless)
@@ -224,7 +224,7 @@ def main(argv=None):
 
     def first_token_stats(rec, first):
         ref = clean_first
-        kl_ = (ref.double().exp() * (ref.double() - first.double())).sum(-1).clamp(min=0)
+        kl_ = kl_div(ref, first)
         tok = ref.argmax(-1)
         rec["first_token_kl_mean"] = float(kl_.mean())
         rec["first_token_kl_max"] = float(kl_.max())

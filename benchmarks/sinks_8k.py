@@ -13,13 +13,14 @@ MLP attribution, value drains / massive activations and the causal checks.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
 from pathlib import Path
 
 import torch
+
+from interp import io
 
 
 def peak_rss_mb() -> float:
@@ -85,7 +86,7 @@ def main(argv=None) -> dict:
           f"Sink_1^0.3 at {args.n} tokens = {result['sink1_rate_eps0.3_pct']:.1f} %")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    io.write_json(out, result, indent=1, sort_keys=False)
     print(f"wrote {out}")
     return result
 

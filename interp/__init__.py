@@ -25,7 +25,10 @@ _LAZY = {
     "UniformAttention": ".interventions", "Scale": ".interventions", "Knockout": ".interventions",
     "Patch": ".interventions", "load_interventions": ".interventions", "save_interventions": ".interventions",
     "patch_sweep": ".patching", "PatchResult": ".patching",
-    "logit_diff": ".metrics", "kl_to_clean": ".metrics", "loss": ".metrics", "answer_prob": ".metrics",
+    "generate": ".generation", "Generation": ".generation",
+    "logit_diff": ".metrics", "mean_logit_diff": ".metrics", "answer_prob": ".metrics",
+    "mean_answer_prob": ".metrics", "kl_div": ".metrics", "kl_to_clean": ".metrics", "mean_kl_to_clean": ".metrics",
+    "next_token_loss": ".metrics", "next_token_loss_per_token": ".metrics", "mean_next_token_loss": ".metrics",
     "ScoreTable": ".scores",
 }
 

@@ -1,8 +1,8 @@
 """Saving and loading interventions (``interp.interventions``) as JSON, large tensors in safetensors beside it.
 
 ``save_interventions(path, items)`` writes JSON; tensors with at most ``INLINE_MAX`` elements are stored inline
-as nested lists with their dtype, larger ones in ``<path>.safetensors`` (both written atomically: temp file then
-``os.replace``, so a kill never leaves a half-written file). ``load_interventions(path)`` reads them back.
+as nested lists with their dtype, larger ones in ``<path>.safetensors`` (both written atomically by ``interp.io``,
+so a kill never leaves a half-written file). ``load_interventions(path)`` reads them back.
 Round trips are tested in ``tests/unit/test_interventions.py``.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -65,21 +64,9 @@ def _iv():
     return interventions
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_interventions(path, interventions) -> None:
     """Write ``interventions`` to ``path`` (JSON); large tensors to ``path + '.safetensors'`` beside it."""
-    from safetensors.torch import save_file
+    from . import io
 
     path = Path(path)
     items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
@@ -89,10 +76,10 @@ def save_interventions(path, interventions) -> None:
     text = json.dumps(doc, indent=1)
     side = path.with_name(path.name + ".safetensors")
     if tensors:
-        _atomic_write(side, lambda tmp: save_file(tensors, tmp))
+        io.save_safetensors(side, tensors)
     elif side.exists():
         os.remove(side)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    io.write_text(path, text)
 
 
 def load_interventions(path) -> list:

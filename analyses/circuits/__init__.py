@@ -16,11 +16,11 @@ from .dla import dla, dla_nodes
 from .eap import eap, eap_scores
 from .eap_ig import eap_ig, eap_ig_scores
 from .faithfulness import FaithfulnessCurve, circuit_metric, faithfulness, faithfulness_curve
-from .tasks import Task, TaskTokens, ioi_task, kl_to_clean, logit_diff
+from .tasks import Task, TaskTokens, ioi_task
 
 __all__ = ["Circuit", "FaithfulnessCurve", "Task", "TaskTokens", "acdc", "acdc_order", "circuit_figure",
            "circuit_metric", "dla", "dla_nodes", "eap", "eap_ig", "eap_ig_scores", "eap_scores", "faithfulness",
-           "faithfulness_curve", "ioi_task", "kl_to_clean", "logit_diff"]
+           "faithfulness_curve", "ioi_task"]
 
 # path patching, ablation types, All-for-One, extra tasks (appended)
 from .ablations import ABLATIONS, ablation_outputs, cama_means, faithfulness_by_ablation  # noqa: E402

@@ -30,9 +30,9 @@ from collections.abc import Callable
 import torch
 
 from interp.graph import Graph, corrupt_outputs, run_graph
+from interp.metrics import mean_kl_to_clean
 
 from .circuit import Circuit
-from .tasks import kl_to_clean
 
 
 def acdc_order(graph: Graph) -> list[tuple[int, int]]:
@@ -68,7 +68,7 @@ def acdc(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, *, tau: floa
     with torch.no_grad():
         clean_logits = run_graph(model, clean_ids).logits
     if metric == "kl":
-        distance = lambda logits: float(kl_to_clean(logits, clean_logits))
+        distance = lambda logits: float(mean_kl_to_clean(logits, clean_logits))
         metric_name = "kl"
     elif callable(metric):
         m_clean = float(metric(clean_logits))

@@ -9,9 +9,7 @@ triples with names from ``interp.graph.Graph`` (``input``, ``L{l}H{h}``, ``L{l}K
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,19 +86,10 @@ class Circuit:
                 "method": self.method, "metric": self.metric, "task": self.task, "meta": self.meta}
 
     def to_json(self, path) -> Path:
-        """Write atomically (temp file + rename) and return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        """Write atomically (``interp.io``) and return the path."""
+        from interp import io
+
+        return io.write_json(path, self.to_dict(), indent=1, sort_keys=False, default=None)
 
     @classmethod
     def from_json(cls, path) -> Circuit:

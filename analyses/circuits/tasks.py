@@ -1,5 +1,5 @@
-"""Tasks for circuit discovery: the IOI generator and a ``Task`` dataclass for your own prompts, plus the two
-metrics circuit methods use (logit difference and KL to the clean run).
+"""Tasks for circuit discovery: the IOI generator and a ``Task`` dataclass for your own prompts. The metrics
+circuit methods use are ``interp.metrics.mean_logit_diff`` (``TaskTokens.metric``) and ``mean_kl_to_clean``.
 
 IOI (Wang et al. 2022, "Interpretability in the Wild"): "When Mary and John went to the store, John gave a
 drink to" → " Mary" (indirect object, the answer) vs " John" (subject, the wrong answer). Templates come in
@@ -8,8 +8,8 @@ distribution), so no name is repeated and the IO/S signal is gone while the sent
 places and objects are filtered to words that are single tokens of the model's tokenizer with a leading space,
 so clean and corrupt prompts tokenise to the same length.
 
-    logit_diff = mean_batch( logits[b, pos, answer_b] − logits[b, pos, wrong_b] )
-    kl_to_clean = mean_batch KL( softmax(clean[b, pos]) ‖ softmax(patched[b, pos]) )
+    mean_logit_diff  = mean_batch( logits[b, pos, answer_b] − logits[b, pos, wrong_b] )
+    mean_kl_to_clean = mean_batch KL( softmax(clean[b, pos]) ‖ softmax(patched[b, pos]) )
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import random
 from dataclasses import dataclass
 
 import torch
+
+from interp.metrics import mean_logit_diff
 
 NAMES = ["Mary", "John", "Tom", "James", "Paul", "Mark", "David", "Michael", "Sarah", "Anna", "Alice", "Bob",
          "Peter", "Kate", "Laura", "Emma", "Daniel", "Chris", "Ryan", "Jack", "Sam", "Lisa", "Andrew", "George",
@@ -38,24 +40,6 @@ TEMPLATES = [
 ]
 
 
-def logit_diff(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor, pos: int = -1) -> torch.Tensor:
-    """Mean over batch of ``logits[b, pos, answer[b]] − logits[b, pos, wrong[b]]``.
-
-    ``logits [batch, pos, d_vocab]``, ``answer``/``wrong`` ``[batch]`` token ids. Returns a scalar tensor.
-    """
-    last = logits[:, pos]
-    idx = torch.arange(last.shape[0], device=last.device)
-    return (last[idx, answer.to(last.device)] - last[idx, wrong.to(last.device)]).mean()
-
-
-def kl_to_clean(logits: torch.Tensor, clean_logits: torch.Tensor, pos: int = -1) -> torch.Tensor:
-    """Mean over batch of KL(clean ‖ patched) of the next-token distributions at ``pos``; ``[batch, pos,
-    d_vocab]``."""
-    lp = torch.log_softmax(logits[:, pos].double(), -1)
-    lc = torch.log_softmax(clean_logits[:, pos].double(), -1)
-    return (lc.exp() * (lc - lp)).sum(-1).mean()
-
-
 @dataclass
 class TaskTokens:
     clean: torch.Tensor  # [batch, pos]
@@ -64,8 +48,8 @@ class TaskTokens:
     wrong: torch.Tensor  # [batch]
 
     def metric(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logit difference answer − wrong at the last position (a scalar tensor)."""
-        return logit_diff(logits, self.answer, self.wrong)
+        """Logit difference answer − wrong at the last position, mean over the batch (a scalar tensor)."""
+        return mean_logit_diff(logits, self.answer, self.wrong)
 
 
 @dataclass

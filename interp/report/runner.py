@@ -11,7 +11,7 @@ Layout of ``<out>``::
     report.html                   self-contained page (``interp.report.html``);  manifest.json  provenance
 
 Resume: a part whose params hash (analysis, params, seed, model, weights hash, interp version) matches is
-loaded instead of recomputed. Every write is atomic (``interp.report.io``). Tested end to end in
+loaded instead of recomputed. Every write is atomic (``interp.io``). Tested end to end in
 ``tests/integration/test_cli.py``.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import io
+from .. import io
 from .config import ReportError, check_options, load_config  # noqa: F401  (load_config: public via interp.report)
 from .manifest import interp_version
 

@@ -85,16 +85,18 @@ def _build(src: Path) -> Path:
     out = _cache_dir() / f"fused_cpu_{key}.so"
     if out.exists():
         return out
+    from interp.io import atomic_path  # standard library only: keeps interp.kernels importable on its own
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        obj, so = Path(tmp) / "k.o", Path(tmp) / "k.so"
+    # atomic: a concurrent build or a kill never leaves a half-written library
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp, atomic_path(out, mode=0o777) as so:
+        obj = Path(tmp) / "k.o"
         # -ffast-math only when compiling: linking with it would pull in crtfastmath (process-wide flush-to-zero)
         for cmd in ([cc, *cflags, "-c", str(src), "-o", str(obj)],
                     [cc, "-shared", "-fopenmp", str(obj), "-o", str(so), "-lm"]):
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
                 raise RuntimeError(f"compiling the fused CPU kernel failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
-        os.replace(so, out)  # atomic: a concurrent build or a kill never leaves a half-written library
     return out
 
 

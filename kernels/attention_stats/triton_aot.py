@@ -24,7 +24,6 @@ otherwise); ``main`` refuses with a clear message.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -207,10 +206,9 @@ def main(argv=None) -> list[dict]:
             rows.append(r)
             _print(r)
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(a.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(a.json)
+        from interp.io import write_json
+
+        write_json(a.json, rows, indent=1, sort_keys=False)
     return rows
 
 

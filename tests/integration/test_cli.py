@@ -214,7 +214,7 @@ def test_subprocess_exit_code_and_one_line_error(tmp_path):
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
-    from interp.report import io
+    from interp import io
 
     target = tmp_path / "t.json"
     io.write_json(target, {"a": 1})

@@ -13,7 +13,7 @@ from interp.analyses import niah, retrieval
 
 
 @pytest.mark.slow
-def test_retrieval_capture_matches_eager_official_loop(default_model, monkeypatch):
+def test_retrieval_capture_matches_eager_official_loop(default_model):
     model = default_model
     if getattr(model.hf, "_interp_bridged", False):
         # another test built a TransformerLens bridge on the shared model; HF's output_attentions no longer
@@ -21,12 +21,11 @@ def test_retrieval_capture_matches_eager_official_loop(default_model, monkeypatc
         import interp
 
         model = interp.load_model("default")
-    monkeypatch.setattr(retrieval, "_is_stop", lambda m, t: False)
     needle = niah.load_needles()[1]
     sample = niah.build_sample(model, needle, 260, 50, needle_idx=1)
     prompt, span, steps = list(sample.prompt_ids), sample.span, 4
     assert span[0] >= 0
-    gen, argmax = retrieval.decode_with_argmax(model, prompt, max_new_tokens=steps)
+    gen, argmax = retrieval.decode_with_argmax(model, prompt, max_new_tokens=steps, stop_rule="none")
     ref_gen, rows, ref = official_eager_decode(model, prompt, steps, span)
     assert ref_gen == gen
     for t in range(steps):

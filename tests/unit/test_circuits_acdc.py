@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.analyses.circuits import acdc, acdc_order, kl_to_clean
+from interp.analyses.circuits import acdc, acdc_order
 from interp.graph import Graph, corrupt_outputs, run_graph
+from interp.metrics import mean_kl_to_clean
 from interp.testing import tiny_model
 
 
@@ -79,7 +80,8 @@ def test_acdc_matches_greedy_reference(small):
     with torch.no_grad():
         clean_logits, _ = reference_forward(m, clean)
         _, ref_corrupt = reference_forward(m, corrupt_ids)
-        dist = lambda removed: float(kl_to_clean(reference_forward(m, clean, ref_corrupt, removed)[0], clean_logits))
+        dist = lambda removed: float(mean_kl_to_clean(reference_forward(m, clean, ref_corrupt, removed)[0],
+                                                      clean_logits))
         # the single-edge effects, to put tau where the decision is non-trivial
         single = sorted(dist({e}) for e in g.edges())
         tau = (single[5] + single[6]) / 2
@@ -126,7 +128,8 @@ def test_acdc_on_candidate_edges_matches_greedy_reference(small):
     with torch.no_grad():
         clean_logits, _ = reference_forward(m, clean)
         _, ref_corrupt = reference_forward(m, corrupt_ids)
-        dist = lambda removed: float(kl_to_clean(reference_forward(m, clean, ref_corrupt, removed)[0], clean_logits))
+        dist = lambda removed: float(mean_kl_to_clean(reference_forward(m, clean, ref_corrupt, removed)[0],
+                                                      clean_logits))
         base = set(edges) - set(cand_edges)
         single = sorted(dist(base | {e}) - dist(base) for e in cand_edges)
         tau = (single[2] + single[3]) / 2

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from interp.analyses.circuits import Circuit, Task, circuit_figure, faithfulness_curve, logit_diff
+from interp.analyses.circuits import Circuit, Task, circuit_figure, faithfulness_curve
 from interp.graph import Graph
+from interp.metrics import mean_logit_diff
 from interp.testing import tiny_model
 
 
@@ -49,7 +50,7 @@ def test_faithfulness_endpoints_are_zero_and_one():
     m = tiny_model("llama", n_layers=1, dtype=torch.float64, seed=1)
     gen = torch.Generator().manual_seed(0)
     clean, corrupt = torch.randint(2, 60, (2, 6), generator=gen), torch.randint(2, 60, (2, 6), generator=gen)
-    metric = lambda logits: logit_diff(logits, torch.tensor([3, 4]), torch.tensor([5, 6]))
+    metric = lambda logits: mean_logit_diff(logits, torch.tensor([3, 4]), torch.tensor([5, 6]))
     g = Graph.of(m)
     scores = torch.rand(g.n_nodes, g.n_inputs, generator=gen, dtype=torch.float64)
     curve = faithfulness_curve(m, clean, corrupt, scores, metric, sizes=[0, 3, g.n_edges])

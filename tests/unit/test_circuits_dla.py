@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from interp.analyses.circuits import dla, dla_nodes, logit_diff
+from interp.analyses.circuits import dla, dla_nodes
 from interp.hooks import run_with_cache
+from interp.metrics import mean_logit_diff
 from interp.sites import Site
 from interp.testing import tiny_model
 
@@ -30,4 +31,4 @@ def test_dla_per_head_and_sum():
         ref = torch.einsum("bhm,bm,bm->hb", heads, scale, direction).mean(1)
         torch.testing.assert_close(got[layer].double(), ref, atol=1e-5, rtol=1e-5)
     total = dla_nodes(m, ids, answer, wrong).sum()
-    assert abs(total.item() - logit_diff(logits, answer, wrong).item()) < 1e-4
+    assert abs(total.item() - mean_logit_diff(logits, answer, wrong).item()) < 1e-4

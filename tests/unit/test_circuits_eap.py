@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.analyses.circuits import eap_ig_scores, eap_scores, logit_diff
+from interp.analyses.circuits import eap_ig_scores, eap_scores
 from interp.graph import Graph, corrupt_outputs, run_graph
+from interp.metrics import mean_logit_diff
 from interp.testing import tiny_model
 
 
@@ -23,7 +24,7 @@ def setup():
     clean = torch.randint(2, 60, (3, 10), generator=g)
     corrupt = torch.randint(2, 60, (3, 10), generator=g)
     answer, wrong = torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8])
-    return m, clean, corrupt, (lambda logits: logit_diff(logits, answer, wrong))
+    return m, clean, corrupt, (lambda logits: mean_logit_diff(logits, answer, wrong))
 
 
 def _edge_derivative(m, clean, corrupt_outs, metric, u, c):

@@ -59,7 +59,7 @@ def test_chunk_assembly_checks_hash_and_is_atomic(monkeypatch, tmp_path):
     bad = registry.PackagedModel(**{**model.__dict__, "name": "toy2", "sha256": "0" * 64})
     with pytest.raises(ModelNotAvailableError, match="sha256"):
         registry.locate_gguf(bad)
-    assert not any(p.suffix == ".part" for p in (tmp_path / "cache").rglob("*"))
+    assert not any(p.suffix in (".part", ".tmp") for p in (tmp_path / "cache").rglob("*"))  # no temp file left
     assert not (tmp_path / "cache" / "toy2" / "toy.gguf").exists()
 
 

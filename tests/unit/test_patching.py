@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from interp.interventions import Patch
-from interp.metrics import answer_prob, kl_to_clean, logit_diff, loss
+from interp.metrics import answer_prob, kl_to_clean, logit_diff, next_token_loss, next_token_loss_per_token
 from interp.patching import patch_sweep
 from interp.sites import Site
 from interp.testing import tiny_model
@@ -126,15 +126,15 @@ def test_kl_and_loss():
         assert math.isclose(float(kl[b]), float((pc * (pc / p).log()).sum()), rel_tol=1e-5)
     assert torch.all(kl_to_clean(cl, cl).abs() < 1e-6)
     ids = torch.randint(0, 11, (3, 4), generator=torch.Generator().manual_seed(0))
-    per = loss(lg, ids, per_token=True)
+    per = next_token_loss_per_token(lg, ids)
     for b in range(3):
         for t in range(3):
             ref = -torch.log_softmax(lg[b, t].double(), -1)[ids[b, t + 1]]
             assert math.isclose(float(per[b, t]), float(ref), rel_tol=1e-5)
-    torch.testing.assert_close(loss(lg, ids), per.mean(1))
+    torch.testing.assert_close(next_token_loss(lg, ids), per.mean(1))
     mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]])
     # the mask drops predictions whose *target* is padding
-    torch.testing.assert_close(loss(lg, ids, mask)[2], per[2, 1:].mean())
+    torch.testing.assert_close(next_token_loss(lg, ids, mask=mask)[2], per[2, 1:].mean())
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
-    torch.testing.assert_close(loss(lg, ids, mask)[1], per[1, 0])
-    torch.testing.assert_close(loss(lg, ids, mask)[0], per[0, :2].mean())
+    torch.testing.assert_close(next_token_loss(lg, ids, mask=mask)[1], per[1, 0])
+    torch.testing.assert_close(next_token_loss(lg, ids, mask=mask)[0], per[0, :2].mean())

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from interp.analyses._safety_data import PAPER_TEMPLATE, row_ablation_handlers
-from interp.analyses.ships import dataset_scores, kl_divergence, last_logprobs, ships_dataset, ships_kl, top_heads
+from interp.analyses.ships import dataset_scores, last_logprobs, ships_dataset, ships_kl, top_heads
+from interp.metrics import kl_div
 from interp.sites import Site
 from interp.testing import tiny_model
 
@@ -114,9 +115,9 @@ def test_kl_direction_and_value_by_hand():
     p = np.array([0.7, 0.2, 0.1])
     q = np.array([0.2, 0.5, 0.3])
     want = float(np.sum(p * np.log(p / q)))
-    got = float(kl_divergence(torch.tensor(np.log(p)), torch.tensor(np.log(q))))
+    got = float(kl_div(torch.tensor(np.log(p)), torch.tensor(np.log(q))))
     assert got == pytest.approx(want, rel=1e-12)
-    assert float(kl_divergence(torch.tensor(np.log(q)), torch.tensor(np.log(p)))) != pytest.approx(want, rel=1e-3)
+    assert float(kl_div(torch.tensor(np.log(q)), torch.tensor(np.log(p)))) != pytest.approx(want, rel=1e-3)
 
 
 def test_dataset_scores_count_and_sum_planted():
