@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from interp import generation
+from interp.capture import Capture
 from interp.generation import PaperNewlineStop, generate
 from interp.interventions import Zero
 from interp.model import Model
@@ -126,10 +127,11 @@ def test_a_finished_row_stops_and_the_others_go_on():
     assert g.stopped == [None, "eos", None] and g.n_steps == 10
 
 
-class Recorder:
-    """A statistics capture that records (layer, query_pos, key_pos) of every attention call it sees."""
+class Recorder(Capture):
+    """A capture that records (layer, query_pos, key_pos) of every attention call it sees."""
 
     def __init__(self, n_layers):
+        super().__init__()
         self.calls, self.n_layers = [], n_layers
 
     def layers(self, model):
@@ -138,7 +140,7 @@ class Recorder:
     def wants_lse(self):
         return False
 
-    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window):
+    def capture(self, layer, module, query, key, attention_mask, *, scaling, softcap, window, row_lse=None):
         self.calls.append((layer, query.shape[2], key.shape[2]))
 
 
