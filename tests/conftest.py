@@ -8,6 +8,11 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without CUDA, Triton kernels run in the interpreter. ``triton.jit`` reads TRITON_INTERPRET when a kernel is
+# decorated, so it is set here, in the root conftest, before any test module (tests/gpu/ imports the kernels at
+# collection time) can import triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
