@@ -133,7 +133,7 @@ def _clear_run(out: Path) -> None:
         if (out / name).is_dir():
             shutil.rmtree(out / name)
     for name in ["run.json", "manifest.json", "scores.parquet", "scores.csv", "per_token.parquet",
-                 "report.html"]:
+                 "report.html", "roles.parquet"]:
         if (out / name).exists():
             (out / name).unlink()
 
@@ -384,6 +384,10 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
         data += _data_entries(spec, p)
     bar.close()
     scores, extra = _write_tables(out, names, parts)
+    from .roles import assign_roles
+
+    roles = assign_roles(scores, model.shape)
+    io.write_parquet(out / "roles.parquet", roles)
 
     from .html import render_report
 
