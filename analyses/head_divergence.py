@@ -125,9 +125,10 @@ def context_divergence(model, samples, *, n_generate: int = 8, generated_only: b
 
 
 def top_heads(scores: pd.DataFrame, score: str, k: int = 10) -> list[tuple[int, int]]:
-    """The k (layer, head) pairs with the largest value of ``score``."""
-    sub = scores[(scores["score"] == score) & (scores["head"] >= 0)].nlargest(k, "value")
-    return list(zip(sub["layer"].astype(int), sub["head"].astype(int)))
+    """The k (layer, head) pairs with the largest value of ``score`` (``interp.heads.top_heads``)."""
+    from interp import heads
+
+    return heads.top_heads(scores, k, score=score)
 
 
 @dataclass(frozen=True)

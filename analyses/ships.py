@@ -126,12 +126,10 @@ def dataset_scores(kl: torch.Tensor, *, model_name: str, top_k: int = 10):
 
 
 def top_heads(scores, k: int = 5, score: str = "ships_kl_sum") -> list[tuple[int, int]]:
-    """The ``k`` heads with the highest ``score`` in a tidy score table, best first."""
-    sub = scores[(scores["score"] == score) & (scores["layer"] >= 0)]
-    if sub.empty:
-        raise ValueError(f"score {score!r} is not in the table; it has {sorted(set(scores['score']))}")
-    sub = sub.sort_values(["value", "layer", "head"], ascending=[False, True, True])
-    return [(int(r.layer), int(r.head)) for r in sub.head(k).itertuples()]
+    """The ``k`` heads with the highest ``score`` in a tidy score table, best first (``interp.heads.top_heads``)."""
+    from interp import heads
+
+    return heads.top_heads(scores, k, score=score)
 
 
 def ships_dataset(model, queries: str | Sequence[str] = "advbench", *, n: int | None = None,
