@@ -76,10 +76,9 @@ def value_drains(model, ids: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(s.n_layers, ids.shape[0], s.n_heads, dtype=torch.float64)
     for layer in range(s.n_layers):
         v = cache[Site(layer, "v")].double()  # [batch, pos, kv_head, d_head]
-        w_o = model.arch.attn(layer).o_proj.weight.detach().double()  # [d_model, head * d_head]
+        w_o = model.w_o(layer, torch.float64)  # [head, d_head, d_model]
         for h in range(s.n_heads):
-            w = w_o[:, h * s.d_head:(h + 1) * s.d_head]  # [d_model, d_head]
-            norms = (v[:, :, s.kv_head_of(h)] @ w.T).norm(dim=-1)  # [batch, pos]
+            norms = (v[:, :, s.kv_head_of(h)] @ w_o[h]).norm(dim=-1)  # [batch, pos]
             out[layer, :, h] = norms[:, 0] / norms[:, 1:].mean(-1).clamp_min(1e-30)
     return out
 

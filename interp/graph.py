@@ -35,6 +35,7 @@ import torch
 
 from interp.kernels.attention_stats import causal_mask
 
+from .arch import head_outputs, w_o_heads
 from .hooks import native_modules
 
 
@@ -297,8 +298,7 @@ def _run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor |
         cols, n_up = graph.cols(layer), graph.n_upstream_attn(layer)
         q_in, k_in, v_in = (patch.stream(resid, n_up, cols[x]) for x in "qkv")
         z = _attention(model, layer, q_in, k_in, v_in, _rotary(model, embeds, pos_ids, attn))
-        w_o = attn.o_proj.weight  # [d_model, head * d_head]
-        head_out = torch.einsum("bphd,mhd->bphm", z, w_o.view(w_o.shape[0], s.n_heads, s.d_head))
+        head_out = head_outputs(z, w_o_heads(attn.o_proj, s.n_heads, s.d_head))  # [batch, pos, head, d_model]
         bias = attn.o_proj.bias
         if gemma_norms:
             total = head_out.sum(2) + (0 if bias is None else bias)

@@ -110,3 +110,22 @@ def test_causal_check_intervals_by_hand():
     r3 = CausalCheck(1.0, [(0, 0)], 2.0, [[]] * 4, [0.49, 0.5, 0.5, 0.51])
     lo, hi = r3.d_random_ci
     assert r3.ratio_ci == pytest.approx((2.0 / hi, 2.0 / lo))
+
+
+def test_w_o_per_head_projection_sums_to_the_attention_output():
+    m = tiny_model("llama", n_layers=2, dtype=torch.float64)
+    ids = torch.randint(2, 60, (2, 6), generator=torch.Generator().manual_seed(2))
+    seen = {}
+    with torch.no_grad(), m.hooks({Site(1, "z"): lambda z, s: seen.setdefault("z", z.clone()),
+                                   Site(1, "attn_out"): lambda x, s: seen.setdefault("out", x.clone())}):
+        m.forward(ids)
+    from interp.arch import head_outputs
+
+    w = m.w_o(1)  # [head, d_head, d_model]
+    assert w.shape == (m.shape.n_heads, m.shape.d_head, m.shape.d_model)
+    o = head_outputs(seen["z"], w)  # [batch, pos, head, d_model]
+    z, W = seen["z"], m.arch.attn(1).o_proj.weight
+    h = 3
+    by_hand = z[..., h, :] @ W[:, h * m.shape.d_head:(h + 1) * m.shape.d_head].T  # the d_head columns of head h
+    torch.testing.assert_close(o[..., h, :], by_hand, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(o.sum(-2), seen["out"], rtol=1e-10, atol=1e-10)  # llama: no o_proj bias
