@@ -193,6 +193,7 @@ def validate(
     batch, head, _, query_pos, key_pos = _check_qk(q, k)
     stats = _check_stats(stats)
     _check_scalars(scale, softcap, window, distance_cap, sink_k, recent_w, top_k)
+    top_k = min(top_k, key_pos)  # no row has more keys: buffers [batch, head, query_pos, top_k] stay O(n)
     query_offset = _check_query_offset(query_offset, query_pos, key_pos)
     dev = q.device
     key_padding_mask = _check_mask("key_padding_mask", key_padding_mask, batch, key_pos, dev)
