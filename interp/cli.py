@@ -69,8 +69,11 @@ def report(
                                     "ANALYSIS.KEY=VALUE (repeatable; VALUE as in TOML, e.g. sinks.n_samples=20, "
                                     "sinks.streaming.enabled=false; see `interp analyses --params`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
+    static: bool = typer.Option(False, "--static", help="report.html as the print-friendly page of one section "
+                                "per score (default: the interactive head atlas)"),
 ):
-    """Run analyses on a model; write scores.parquet/csv, per_token.parquet, report.html, manifest.json."""
+    """Run analyses on a model; write scores.parquet/csv, per_token.parquet, roles.parquet, report.html,
+    manifest.json."""
     from interp.report.config import apply_overrides
     from interp.report.runner import AnalysisFailed, ReportError, load_config, run_report
 
@@ -89,7 +92,7 @@ def report(
             resume=resume if resume is not None else cfg.get("resume", True), force=force,
             top_k=top_k if top_k is not None else cfg.get("top_k", 10),
             command=_command(model_spec, names, out_dir, config, n_tokens, seed, top_k, resume, force, param),
-            progress=not quiet)
+            progress=not quiet, static=static)
     except ReportError as e:
         _fail(str(e))
     except AnalysisFailed as e:

@@ -147,9 +147,10 @@ class Intervention:
         kind = d.get("type")
         if kind in _LAZY:
             __getattr__(kind)  # registers the class
-        if kind not in _TYPES:
-            raise ValueError(f"unknown intervention type {kind!r}; known: {', '.join(_TYPES)}")
-        cls = _TYPES[kind]
+        types = _types()
+        if kind not in types:
+            raise ValueError(f"unknown intervention type {kind!r}; known: {', '.join(types)}")
+        cls = types[kind]
         kw = {f.name: intervention_io.decode(d[f.name], tensors) for f in dataclasses.fields(cls) if f.name in d}
         return cls(**kw)
 
@@ -468,6 +469,13 @@ def __getattr__(name):  # the interventions defined in ablations.py / row_interv
 
         return getattr(importlib.import_module(f"interp.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'interp.interventions' has no attribute {name!r}")
+
+
+def _types() -> dict:
+    """Every intervention type by name: the ones here and the attention edits of ``interp.attention_edits``."""
+    from . import attention_edits
+
+    return {**_TYPES, **{c.__name__: c for c in attention_edits.EDITS}}
 
 
 def compile_interventions(model, interventions) -> dict[Site, list]:
