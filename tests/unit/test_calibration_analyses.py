@@ -96,3 +96,15 @@ def test_params_errors():
         act.ActParams.coerce({"tasks": ["mmlu"]})
     with pytest.raises(ParamError, match="beta"):
         act.ActParams.coerce({"beta": 1.5})
+
+
+def test_registered_and_run_through_the_report(tmp_path):
+    from interp.report import run_report
+
+    params = {"act": {"tasks": ["compare"], "n_candidates": 2, "n_calibration": 4, "n_test": 6, "n_random": 0,
+                      "threshold": 0.02}}
+    res = run_report("tiny-llama", ["act"], tmp_path / "r", params=params, progress=False)
+    s = res.scores
+    assert set(s["analysis"]) == {"act"} and "compare_accuracy_act_selected" in set(s["score"])
+    direct = act.run(tiny_model("llama"), params["act"])["scores"]
+    assert _value(s, "compare_accuracy_clean") == _value(direct, "compare_accuracy_clean")
