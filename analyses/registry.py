@@ -139,6 +139,11 @@ _SPECS = [
         "fit S_h(N) = α_h + β_h N (MoA, Fu et al. 2024; LongHeads)",
         run="interp.analyses.span_scaling:run", params="interp.analyses.span_scaling:SpanScalingParams",
         data_files="interp.analyses.sinks:data_files", in_default=False),
+    AnalysisSpec(
+        "head_similarity", "Head similarity: pairwise attention JS (two-run divergence kernel), EchoAtt cross-layer "
+        "similarity, HyLRA top-k overlap, ProxyAttn pooled proxy heads, average-linkage clusters",
+        run="interp.analyses.head_similarity:run", params="interp.analyses.head_similarity:HeadSimilarityParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
 ]
 
 _SPECS += [
