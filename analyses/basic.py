@@ -105,47 +105,71 @@ def head_stats(pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def run(model, params: BasicParams | dict | None = None, out_dir=None) -> dict:
+def text_stats(model, t: int, text: str, n_tokens: int):
+    """One text: ``(mass_sum [layer, head], ent_sum [layer, head], n_query, per_token rows)`` (float64 sums
+    over its query positions 1..n-1; ``run`` and its work units (``interp.units``) add them text by text)."""
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from interp.hooks import run_with_cache
-    from interp.scores import ScoreTable
     from interp.sites import Site
 
-    params = BasicParams.coerce(params, where="attention_basics")
-    n_tokens = params.n_tokens
-    if model.shape.n_ctx:
-        n_tokens = min(n_tokens, model.shape.n_ctx)
     s = model.shape
     sites = [Site(layer, "pattern") for layer in range(s.n_layers)]
     mass_sum = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
     ent_sum = torch.zeros_like(mass_sum)
-    n_q = 0
     per_token = []
-    for t, text in enumerate(tqdm(_texts(params), desc="attention_basics", leave=False)):
-        ids = torch.tensor([model.tokenizer(text)["input_ids"][:n_tokens]], dtype=torch.long)  # [1, pos]
-        if ids.shape[1] < 2:
-            raise ValueError(f"text {t} has fewer than 2 tokens; give longer texts")
-        _, cache = run_with_cache(model, ids, sites)
-        tokens = model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
-        for layer in range(s.n_layers):
-            mass, ent = head_stats(cache[Site(layer, "pattern")][0])  # [head, query_pos - 1]
-            mass_sum[layer] += mass.sum(-1)
-            ent_sum[layer] += ent.sum(-1)
-            pos = torch.arange(1, ids.shape[1]).repeat(s.n_heads)
-            per_token.append(pd.DataFrame({
-                "text": t, "pos": pos.numpy(), "token": [tokens[i] for i in pos.tolist()], "layer": layer,
-                "head": torch.arange(s.n_heads).repeat_interleave(ids.shape[1] - 1).numpy(),
-                "value": mass.reshape(-1).numpy()}))
-        n_q += ids.shape[1] - 1
-    common = dict(model=model.name, analysis="attention_basics", n_samples=n_q)
+    ids = torch.tensor([model.tokenizer(text)["input_ids"][:n_tokens]], dtype=torch.long)  # [1, pos]
+    if ids.shape[1] < 2:
+        raise ValueError(f"text {t} has fewer than 2 tokens; give longer texts")
+    _, cache = run_with_cache(model, ids, sites)
+    tokens = model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    for layer in range(s.n_layers):
+        mass, ent = head_stats(cache[Site(layer, "pattern")][0])  # [head, query_pos - 1]
+        mass_sum[layer] += mass.sum(-1)
+        ent_sum[layer] += ent.sum(-1)
+        pos = torch.arange(1, ids.shape[1]).repeat(s.n_heads)
+        per_token.append(pd.DataFrame({
+            "text": t, "pos": pos.numpy(), "token": [tokens[i] for i in pos.tolist()], "layer": layer,
+            "head": torch.arange(s.n_heads).repeat_interleave(ids.shape[1] - 1).numpy(),
+            "value": mass.reshape(-1).numpy()}))
+    return mass_sum, ent_sum, ids.shape[1] - 1, pd.concat(per_token, ignore_index=True)
+
+
+def effective_n_tokens(model, params: BasicParams) -> int:
+    return min(params.n_tokens, model.shape.n_ctx) if model.shape.n_ctx else params.n_tokens
+
+
+def tables_from_stats(model_name: str, shape, stats) -> dict:
+    """The report tables from ``text_stats`` results in text order (sums taken text by text from zero)."""
+    import pandas as pd
+
+    from interp.scores import ScoreTable
+
+    mass_sum = torch.zeros(shape.n_layers, shape.n_heads, dtype=torch.float64)
+    ent_sum = torch.zeros_like(mass_sum)
+    n_q = 0
+    for mass, ent, n, _ in stats:
+        mass_sum += mass
+        ent_sum += ent
+        n_q += n
+    common = dict(model=model_name, analysis="attention_basics", n_samples=n_q)
     scores = ScoreTable.concat([
         ScoreTable.from_matrix(mass_sum / n_q, score="first_token_mass", **common),
         ScoreTable.from_matrix(ent_sum / n_q, score="entropy", **common),
     ])
-    pt = pd.concat(per_token, ignore_index=True)
+    pt = pd.concat([x[3] for x in stats], ignore_index=True)
     pt.insert(0, "score", "first_token_mass")
     pt.insert(0, "analysis", "attention_basics")
-    pt.insert(0, "model", model.name)
+    pt.insert(0, "model", model_name)
     return {"scores": scores, "per_token": pt}
+
+
+@torch.no_grad()
+def run(model, params: BasicParams | dict | None = None, out_dir=None) -> dict:
+    from tqdm.auto import tqdm
+
+    params = BasicParams.coerce(params, where="attention_basics")
+    n_tokens = effective_n_tokens(model, params)
+    stats = [text_stats(model, t, text, n_tokens)
+             for t, text in enumerate(tqdm(_texts(params), desc="attention_basics", leave=False))]
+    return tables_from_stats(model.name, model.shape, stats)
