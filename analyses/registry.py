@@ -130,6 +130,15 @@ _SPECS = [
         run="interp.analyses.duo_attention:run", params="interp.analyses.duo_attention:DuoParams",
         official_outputs="interp.analyses.duo_attention:write_official",
         data_files="interp.analyses.retrieval:data_files", in_default=False),
+    AnalysisSpec(
+        "composition", "Weight-space Q/K/V composition between heads (Elhage et al. 2021), GQA-native, random "
+        "baseline subtracted; OV copying score, QK token and RoPE-frequency structure",
+        run="interp.analyses.composition:run", params="interp.analyses.composition:CompositionParams"),
+    AnalysisSpec(
+        "span_scaling", "Attention span and recent-window mass per head vs context length (512 → 8192), elastic "
+        "fit S_h(N) = α_h + β_h N (MoA, Fu et al. 2024; LongHeads)",
+        run="interp.analyses.span_scaling:run", params="interp.analyses.span_scaling:SpanScalingParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
 ]
 
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}

@@ -51,10 +51,13 @@ class StatsCapture(Capture):
     def _engine(self, query, key, **kw):
         from interp.kernels.attention_stats import compute_attention_stats
 
+        from .devices import to_device
+
+        dev = query.device  # under a device map each layer's q, k live on that layer's device
         return compute_attention_stats(
-            query.detach(), key.detach(), stats=self.stats, token_ids=self.token_ids,
-            key_padding_mask=self.key_padding_mask, impl=self.impl, memory_budget_mb=self.memory_budget_mb,
-            **self.params, **kw)
+            query.detach(), key.detach(), stats=self.stats, token_ids=to_device(self.token_ids, dev),
+            key_padding_mask=to_device(self.key_padding_mask, dev), impl=self.impl,
+            memory_budget_mb=self.memory_budget_mb, **to_device(self.params, dev), **kw)
 
     def attend(self, layer, query, key, value, *, scaling, window):
         """Attention output ``[batch, query_pos, head, d_head]`` and this layer's statistics from one fused CPU

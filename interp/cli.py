@@ -69,6 +69,8 @@ def report(
                                     "ANALYSIS.KEY=VALUE (repeatable; VALUE as in TOML, e.g. sinks.n_samples=20, "
                                     "sinks.streaming.enabled=false; see `interp analyses --params`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
+    static: bool = typer.Option(False, "--static", help="report.html as the print-friendly page of one section "
+                                "per score (default: the interactive head atlas)"),
     ray: str = typer.Option(None, "--ray", help="Run the work units on Ray: 'local' (a loopback cluster on this "
                             "machine, stopped afterwards), 'auto', HOST:PORT or ray://HOST:PORT (join a cluster)"),
     workers: int = typer.Option(None, "--workers", help="Model replicas (Ray actors) with --ray (default 2)"),
@@ -76,7 +78,8 @@ def report(
                                           "are pinned to it (default 1)"),
     gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per replica (default 0)"),
 ):
-    """Run analyses on a model; write scores.parquet/csv, per_token.parquet, report.html, manifest.json."""
+    """Run analyses on a model; write scores.parquet/csv, per_token.parquet, roles.parquet, report.html,
+    manifest.json."""
     from interp.report.config import apply_overrides
     from interp.report.runner import AnalysisFailed, ReportError, load_config, run_report
 
@@ -95,7 +98,7 @@ def report(
             resume=resume if resume is not None else cfg.get("resume", True), force=force,
             top_k=top_k if top_k is not None else cfg.get("top_k", 10),
             command=_command(model_spec, names, out_dir, config, n_tokens, seed, top_k, resume, force, param),
-            progress=not quiet, **_ray_options(ray, workers, cpus_per_worker, gpus_per_worker))
+            progress=not quiet, static=static, **_ray_options(ray, workers, cpus_per_worker, gpus_per_worker))
     except ReportError as e:
         _fail(str(e))
     except AnalysisFailed as e:

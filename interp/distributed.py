@@ -79,6 +79,10 @@ class _Replica:
         return {"pid": os.getpid(), "host": self.host, "node_id": ray.get_runtime_context().get_node_id(),
                 "error": self.error, "model": model, "load_seconds": getattr(self, "load_seconds", None)}
 
+    def call(self, fn, *args):
+        """``fn(model, *args)`` on this replica (small results only, e.g. the report page's example)."""
+        return fn(self.model, *args)
+
     def run_unit(self, splitter, params, seed: int, unit: Unit) -> dict:
         import torch
 
@@ -225,6 +229,19 @@ class Executor:
         return {"ray_version": ray.__version__, "address": self.ray_address, "nodes": nodes,
                 "workers": self.workers, "resources_per_worker": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
                 "max_retries": self.max_retries, "replicas": list(self.replicas), "units": self.units}
+
+    def call(self, fn, *args):
+        """``fn(model, *args)`` on the first replica that answers (``fn`` must return a small result)."""
+        import ray
+
+        self.start()
+        last = None
+        for actor in list(self._actors):
+            try:
+                return ray.get(actor.call.remote(fn, *args))
+            except ray.exceptions.RayActorError as e:
+                last = e
+        raise DistributedError(f"no model replica answered ({str(last).splitlines()[0] if last else 'none left'})")
 
     # -- units ----------------------------------------------------------------------------------------------
     def run_units(self, splitter, params, seed: int, units: list[Unit], on_result=None) -> dict:

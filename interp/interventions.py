@@ -138,9 +138,10 @@ class Intervention:
         from . import intervention_io
 
         kind = d.get("type")
-        if kind not in _TYPES:
-            raise ValueError(f"unknown intervention type {kind!r}; known: {', '.join(_TYPES)}")
-        cls = _TYPES[kind]
+        types = _types()
+        if kind not in types:
+            raise ValueError(f"unknown intervention type {kind!r}; known: {', '.join(types)}")
+        cls = types[kind]
         kw = {f.name: intervention_io.decode(d[f.name], tensors) for f in dataclasses.fields(cls) if f.name in d}
         return cls(**kw)
 
@@ -448,6 +449,13 @@ def _flatten(items):
 
 
 _TYPES = {c.__name__: c for c in (Zero, Scale, Patch, Mean, Resample, UniformAttention, Knockout, Compose)}
+
+
+def _types() -> dict:
+    """Every intervention type by name: the ones here and the attention edits of ``interp.attention_edits``."""
+    from . import attention_edits
+
+    return {**_TYPES, **{c.__name__: c for c in attention_edits.EDITS}}
 
 
 def compile_interventions(model, interventions) -> dict[Site, list]:

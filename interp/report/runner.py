@@ -133,7 +133,7 @@ def _clear_run(out: Path) -> None:
         if (out / name).is_dir():
             shutil.rmtree(out / name)
     for name in ["run.json", "manifest.json", "scores.parquet", "scores.csv", "per_token.parquet",
-                 "report.html"]:
+                 "report.html", "roles.parquet"]:
         if (out / name).exists():
             (out / name).unlink()
 
@@ -327,17 +327,34 @@ def _prepare_params(names, specs, params, n_tokens) -> dict:
     return per_params
 
 
+def _render_page(model, scores, roles, params, *, top_k, static, n_tokens, executor=None) -> str:
+    """report.html: the head atlas with the example text's top-k attention (at the run's ``n_tokens``, else
+    ``example.DEFAULT_TOKENS``), or the static page."""
+    if static:
+        from .html import render_report
+
+        return render_report(scores, model_name=model.name, shape=model.shape, params=params, top_k=top_k)
+    from .atlas import render_atlas
+    from .example import DEFAULT_TOKENS, build_example
+
+    n = n_tokens or DEFAULT_TOKENS
+    example = build_example(model, n) if executor is None else executor.call(build_example, n)  # on a replica
+    return render_atlas(scores, roles, model_name=model.name, shape=model.shape, params=params, example=example)
+
+
 def run_report(model="default", analyses=None, out="reports/run", *, params: dict | None = None,
                n_tokens: int | None = None, seed: int = 0, resume: bool = True, force: bool = False,
                top_k: int = 10, command: list[str] | None = None, progress: bool = True,
-               ray: str | None = None, workers: int = 2, worker_resources: dict | None = None) -> ReportResult:
+               static: bool = False, ray: str | None = None, workers: int = 2,
+               worker_resources: dict | None = None) -> ReportResult:
     """Run ``analyses`` (names; ``None`` = all available) on ``model`` (a spec string or a loaded
     ``interp.Model``) and write the report folder ``out``. Returns the scores and the manifest.
 
     ``params`` maps analysis name → parameter overrides (a dict, as in ``[params.<analysis>]``). Every option
     and parameter is checked before the model loads, the checks that need the model (context length) before
     any analysis runs; bad input raises ``ReportError``; ``AnalysisFailed`` when an analysis raises (its
-    finished predecessors are kept for resuming).
+    finished predecessors are kept for resuming). ``report.html`` is the head atlas (``interp.report.atlas``);
+    ``static=True`` writes the print-friendly page of one section per score instead (``interp.report.html``).
 
     ``ray``: run the analyses' work units on Ray (``interp.distributed``): ``"local"`` starts a loopback
     cluster for this run, ``"auto"`` / ``HOST:PORT`` / ``ray://HOST:PORT`` join one; ``workers`` model
@@ -352,14 +369,15 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
         executor = report_executor(model, ray, workers, worker_resources)
     try:
         return _run_report(model, analyses, out, params=params, n_tokens=n_tokens, seed=seed, resume=resume,
-                           force=force, top_k=top_k, command=command, progress=progress, executor=executor)
+                           force=force, top_k=top_k, command=command, progress=progress, static=static,
+                           executor=executor)
     finally:
         if executor is not None:
             executor.close()
 
 
 def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, top_k, command, progress,
-                executor) -> ReportResult:
+                static, executor) -> ReportResult:
     from tqdm.auto import tqdm
 
     from interp.analyses import registry
@@ -416,13 +434,15 @@ def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, 
         data += _data_entries(spec, p)
     bar.close()
     scores, extra = _write_tables(out, names, parts)
+    from .roles import assign_roles
 
-    from .html import render_report
+    roles = assign_roles(scores, model.shape)
+    io.write_parquet(out / "roles.parquet", roles)
 
     plain = {n: p.to_dict() for n, p in per_params.items()}
     t0 = time.perf_counter()
-    io.write_html(out / "report.html", render_report(scores, model_name=model.name, shape=model.shape,
-                                                     params=plain, top_k=top_k))
+    io.write_html(out / "report.html", _render_page(model, scores, roles, plain, top_k=top_k, static=static,
+                                                    n_tokens=n_tokens, executor=executor))
     html_seconds = time.perf_counter() - t0
     from .manifest import build_manifest
 

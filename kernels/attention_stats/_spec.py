@@ -138,6 +138,7 @@ def validate(
     for name, val, lo in (("sink_k", sink_k, 0), ("recent_w", recent_w, 1), ("top_k", top_k, 1)):
         if not isinstance(val, int) or isinstance(val, bool) or val < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+    top_k = min(top_k, key_pos)  # no row has more keys: buffers [batch, head, query_pos, top_k] stay O(n)
     if query_offset is None:
         query_offset = key_pos - query_pos
     if not isinstance(query_offset, int) or not 0 <= query_offset <= key_pos - query_pos:
