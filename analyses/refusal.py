@@ -26,12 +26,12 @@ McNemar against binomial sums by hand, first-token log-probs against weight surg
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from interp.heads import random_heads
 from interp.params import ParamError, Params, param
 
 from ._safety_data import (
@@ -148,13 +148,6 @@ def mcnemar_exact_p(b: int, c: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail)
-
-
-def random_heads(model, k: int, *, seed: int = 0, exclude: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-    """``k`` distinct random heads (a control set), avoiding ``exclude``."""
-    s = model.shape
-    pool = [(layer, h) for layer in range(s.n_layers) for h in range(s.n_heads) if (layer, h) not in set(exclude)]
-    return sorted(random.Random(seed).sample(pool, k))
 
 
 # --- the report entry ("safety" in interp.analyses.registry) ---------------------------------------------------

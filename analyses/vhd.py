@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import torch
 
+from interp.arch import head_outputs
 from interp.params import ParamError, Params, param
 from interp.scores import ScoreTable
 from interp.sites import Site
@@ -154,9 +155,8 @@ class VHR:
         def reinforce(z, site):  # z: [batch, pos, head, d_head]; act on the current (last) position
             if state["shadow"]:
                 return None
-            w_o = model.arch.attn(site.layer).o_proj.weight.view(s.d_model, s.n_heads, s.d_head)
             zt, zs = z[:, -1], state["z"][site.layer]
-            vhd = torch.einsum("bhd,mhd->bhm", zt - zs, w_o).norm(dim=-1)[0]
+            vhd = head_outputs(zt - zs, model.w_o(site.layer)).norm(dim=-1)[0]  # [head]
             sel = select_heads(vhd)
             state["selected"].append((site.layer, sel.nonzero().flatten().tolist()))
             z = z.clone()
