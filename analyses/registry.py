@@ -134,6 +134,16 @@ _SPECS = [
         "composition", "Weight-space Q/K/V composition between heads (Elhage et al. 2021), GQA-native, random "
         "baseline subtracted; OV copying score, QK token and RoPE-frequency structure",
         run="interp.analyses.composition:run", params="interp.analyses.composition:CompositionParams"),
+    AnalysisSpec(
+        "span_scaling", "Attention span and recent-window mass per head vs context length (512 → 8192), elastic "
+        "fit S_h(N) = α_h + β_h N (MoA, Fu et al. 2024; LongHeads)",
+        run="interp.analyses.span_scaling:run", params="interp.analyses.span_scaling:SpanScalingParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
+    AnalysisSpec(
+        "head_similarity", "Head similarity: pairwise attention JS (two-run divergence kernel), EchoAtt cross-layer "
+        "similarity, HyLRA top-k overlap, ProxyAttn pooled proxy heads, average-linkage clusters",
+        run="interp.analyses.head_similarity:run", params="interp.analyses.head_similarity:HeadSimilarityParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
 ]
 
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}

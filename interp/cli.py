@@ -1,10 +1,11 @@
-"""The ``interp`` command line: ``interp report``, ``interp analyses``, ``interp models``.
+"""The ``interp`` command line: ``interp report``, ``interp analyses``, ``interp models``, ``interp compare``.
 
     interp report --model default --out reports/default              # every available analysis
     interp report --model tiny-llama --analyses attention_basics --out reports/runs/tiny --n-tokens 64
     interp report --config run.toml --seed 1                          # flags override the TOML file
     interp report -a sinks -p sinks.n_samples=20 -p sinks.streaming.n_tokens=512   # set typed parameters
     interp analyses --params                                          # every parameter, its type and range
+    interp compare reports/runs/a reports/runs/b --out reports/compare/a_vs_b   # two reports, score by score
 
 Bad input (unknown analysis or parameter, a value of the wrong type or out of range, unwritable folder, a
 folder holding another model's run) prints one line and exits with code 2, before the model loads where it
@@ -69,8 +70,11 @@ def report(
                                     "ANALYSIS.KEY=VALUE (repeatable; VALUE as in TOML, e.g. sinks.n_samples=20, "
                                     "sinks.streaming.enabled=false; see `interp analyses --params`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
+    static: bool = typer.Option(False, "--static", help="report.html as the print-friendly page of one section "
+                                "per score (default: the interactive head atlas)"),
 ):
-    """Run analyses on a model; write scores.parquet/csv, per_token.parquet, report.html, manifest.json."""
+    """Run analyses on a model; write scores.parquet/csv, per_token.parquet, roles.parquet, report.html,
+    manifest.json."""
     from interp.report.config import apply_overrides
     from interp.report.runner import AnalysisFailed, ReportError, load_config, run_report
 
@@ -89,7 +93,7 @@ def report(
             resume=resume if resume is not None else cfg.get("resume", True), force=force,
             top_k=top_k if top_k is not None else cfg.get("top_k", 10),
             command=_command(model_spec, names, out_dir, config, n_tokens, seed, top_k, resume, force, param),
-            progress=not quiet)
+            progress=not quiet, static=static)
     except ReportError as e:
         _fail(str(e))
     except AnalysisFailed as e:
@@ -141,6 +145,25 @@ def list_models():
 
     for fam in FAMILIES:
         typer.echo(f"{'tiny-' + fam:<24} random tiny {fam} model for tests (no weights on disk)")
+
+
+@app.command("compare")
+def compare(
+    report_a: str = typer.Argument(..., help="First report folder (the --out of `interp report`)"),
+    report_b: str = typer.Argument(..., help="Second report folder"),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for compare.html, compare.parquet/csv, roles_diff"),
+    force: bool = typer.Option(False, "--force", help="Compare runs of different interp versions or parameters; "
+                               "replace a comparison already in --out"),
+):
+    """Compare two reports score by score: Spearman over heads (same shape) or layer profiles by depth."""
+    from interp.report.compare import CompareError, compare_reports, summary
+
+    try:
+        table = compare_reports(report_a, report_b, out, force=force)
+    except CompareError as e:
+        _fail(str(e))
+    typer.echo(summary(table))
+    typer.echo(f"wrote {out}/compare.html, compare.parquet, roles_diff.parquet")
 
 
 def main():

@@ -35,6 +35,7 @@ import torch
 
 from interp.kernels.attention_stats import causal_mask
 
+from .arch import head_outputs, w_o_heads
 from .devices import execution_device, materialized
 from .hooks import native_modules
 
@@ -308,8 +309,7 @@ def _run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor |
         cos_sin = tuple(t.to(dev) for t in _rotary(model, embeds, pos_ids, attn))
         z = _attention(model, layer, q_in, k_in, v_in, cos_sin)
         with materialized(attn.o_proj):
-            w_o = attn.o_proj.weight  # [d_model, head * d_head]
-            head_out = torch.einsum("bphd,mhd->bphm", z, w_o.view(w_o.shape[0], s.n_heads, s.d_head))
+            head_out = head_outputs(z, w_o_heads(attn.o_proj, s.n_heads, s.d_head))  # [batch, pos, head, d_model]
             bias = attn.o_proj.bias
         if gemma_norms:
             total = head_out.sum(2) + (0 if bias is None else bias)

@@ -198,6 +198,20 @@ class Model:
             raise ValueError(f"token id {hi} is outside the vocabulary of {self.shape.d_vocab}")
 
     # --- running -----------------------------------------------------------------------------------------
+    def w_o(self, layer: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Per-head output projection ``W_O [head, d_head, d_model]`` of ``layer`` (a view of o_proj's weight,
+        detached; cast to ``dtype`` if given): ``interp.arch.head_outputs(z, model.w_o(layer))``."""
+        from .arch import w_o_heads
+
+        o_proj = self.arch.attn(layer).o_proj
+        w = w_o_heads(o_proj, self.shape.n_heads, self.shape.d_head).detach()
+        if w.device.type == "meta":  # offloaded by accelerate: a copy of the real weights
+            from .devices import materialized
+
+            with materialized(o_proj):
+                w = w_o_heads(o_proj, self.shape.n_heads, self.shape.d_head).detach().clone()
+        return w if dtype is None else w.to(dtype)
+
     def hooks(self, handlers=None, *, capture=None, **kwargs):
         """Context manager installing interp hooks ``{Site: fn}`` and, optionally, an attention ``capture``
         (an ``interp.capture.Capture``; see ``interp.hooks.HookRuntime``). ``stats=`` is the old name of

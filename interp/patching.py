@@ -6,12 +6,11 @@ s by its value on the *clean* input, and record metric(logits_patched), averaged
 
     value[s] = mean_b metric(f(corrupt_b | a_s ← a_s(clean_b)))_b
 
-Instead of one forward per site, k patched variants are packed into the batch: the corrupt input is replicated
-k times and one hook per layer writes a different head/position of the clean activation into each replica's
-rows (rows ``j·batch … (j+1)·batch − 1`` belong to variant j). Chunks are sized to ``memory_budget_mb``.
-Layers below a chunk's earliest patched layer are identical for every replica, so (``reuse_prefix=True``) they
-run once on the corrupt input and the chunk starts from the cached ``resid_pre`` (the lower decoder layers are
-swapped for pass-throughs during that forward); chunks are grouped by layer so this skips ≈ half the work.
+Instead of one forward per site, each site is a variant ``Patch(site, clean value)`` and
+``interp.variants.run_variants`` packs them into the batch (rows ``j·batch … (j+1)·batch − 1`` belong to
+variant j) in chunks sized to ``memory_budget_mb``. Layers below a chunk's earliest patched layer are identical
+for every replica, so (``reuse_prefix=True``) they run once on the corrupt input and the chunk starts from the
+cached ``resid_pre``; variants are ordered by layer so this skips ≈ half the work.
 
 Sites (``sites=``): head components ``q``, ``z``, ``pattern`` (query heads), ``k``, ``v`` (KV heads); layer
 components ``resid_pre``, ``attn_in``, ``attn_out``, ``resid_mid``, ``mlp_in``, ``mlp_out``, ``resid_post``.
@@ -26,14 +25,14 @@ per site on tiny models, and in ``tests/parity/test_patching_tl.py`` against Tra
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from .hooks import native_modules
+from .interventions import Patch
 from .sites import Site
+from .variants import run_variants
 
 HEAD_COMPONENTS = ("q", "k", "v", "z", "pattern")
 LAYER_COMPONENTS = ("resid_pre", "attn_in", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")
@@ -70,32 +69,6 @@ class PatchResult:
         return (self.values - self.corrupt_value) / (self.clean_value - self.corrupt_value)
 
 
-class _PassThrough(nn.Module):
-    """Stands in for a decoder layer whose output is already known: returns its input hidden states."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
-@contextlib.contextmanager
-def _skip_layers(model, n: int):
-    """Swap the first ``n`` decoder layers of the module list the HF model iterates for pass-throughs."""
-    if n == 0:
-        yield
-        return
-    obj = model.hf
-    for part in f"{model.arch.base_path}.layers".split("."):
-        obj = getattr(obj, part)
-    saved = [obj[i] for i in range(n)]
-    try:
-        for i in range(n):
-            obj[i] = _PassThrough()
-        yield
-    finally:
-        for i, mod in enumerate(saved):
-            obj[i] = mod
-
-
 def _check_inputs(model, clean_ids, corrupt_ids):
     for name, t in (("clean_ids", clean_ids), ("corrupt_ids", corrupt_ids)):
         if not isinstance(t, torch.Tensor):
@@ -117,37 +90,6 @@ def _pick(values, n: int, what: str) -> list[int]:
     if not vals:
         raise ValueError(f"empty list of {what}s")
     return vals
-
-
-def _write(xv, cl, j, h, p):
-    """In place: ``xv [c, batch, pos, (head,) ...]`` rows ``j`` ← clean ``cl [batch, pos, (head,) ...]`` at
-    heads ``h`` / positions ``p`` (index tensors of equal length, or None for all)."""
-    if h is not None and p is None:
-        xv[j, :, :, h] = cl[:, :, h].movedim(2, 0)
-    elif h is not None:
-        xv[j, :, p, h] = cl[:, p, h].movedim(1, 0)
-    elif p is None:
-        xv[j] = cl
-    else:
-        xv[j, :, p] = cl[:, p].movedim(1, 0)
-
-
-def _patch_handler(c: int, batch: int, clean: torch.Tensor, j, h, p, pattern: bool):
-    def fn(x, site):
-        x = x.clone()
-        xv = x.view(c, batch, *x.shape[1:])
-        cl = clean.to(x.device, x.dtype)
-        if pattern:  # [.., head, query_pos, key_pos] → [.., query_pos, head, key_pos] views
-            xv, cl = xv.transpose(2, 3), cl.transpose(1, 2)
-        _write(xv, cl, j, h, p)
-        return x
-
-    return fn
-
-
-def _row_bytes(shape, n_pos: int) -> int:
-    """Rough fp32 bytes of one batch row's forward: logits (+ log-softmax), MLP/attention intermediates."""
-    return 4 * n_pos * (2 * shape.d_vocab + 16 * shape.d_model + 3 * shape.n_heads * n_pos)
 
 
 def patch_sweep(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, sites: str = "z", metric=None,
@@ -187,65 +129,48 @@ def patch_sweep(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, sites
                       batch_size, reuse_prefix, per_head)
 
 
+def _patch(sites: str, clean: torch.Tensor, L: int, h, p) -> Patch:
+    """The clean activation ``clean`` (as the hook of ``Site(L, sites)`` sees it) patched at head ``h`` and
+    position ``p`` (None = all); for ``pattern`` the position is the query position."""
+    if h is None:
+        value = clean if p is None else clean[:, p:p + 1]
+    elif sites == "pattern":  # [batch, head, query_pos, key_pos]
+        value = clean[:, h] if p is None else clean[:, h, p:p + 1]
+    else:  # [batch, pos, head, d]
+        value = clean[:, :, h] if p is None else clean[:, p:p + 1, h]
+    return Patch(Site(L, sites, h), value, pos=p)
+
+
 def _sweep(model, clean_ids, corrupt_ids, sites, metric, positions, memory_budget_mb, layers, heads, batch_size,
            reuse_prefix, per_head):
     from .hooks import run_with_cache
 
-    shape = model.shape
     batch, n_pos = corrupt_ids.shape
     pos_list = list(range(n_pos)) if positions == "each" else [None]
     # variants in the flat order of the result tensor: layer, head, pos
     variants = [(L, h, p) for L in layers for h in (heads if per_head else [None]) for p in pos_list]
     clean_logits, clean_cache = run_with_cache(model, clean_ids, [Site(L, sites) for L in layers])
-    resid_sites = [Site(L, "resid_pre") for L in layers] if reuse_prefix else []
-    corrupt_logits, corrupt_cache = run_with_cache(model, corrupt_ids, resid_sites)
-    missing = [s for s in [Site(L, sites) for L in layers] + resid_sites
-               if s not in clean_cache and s not in corrupt_cache]
+    missing = [s for s in [Site(L, sites) for L in layers] if s not in clean_cache]
     if missing:
         raise RuntimeError(f"the hook runtime did not reach {missing[0]}: is the model's attention replaced "
                            "by another wrapper (e.g. a TransformerLens bridge)?")
+    with torch.no_grad():
+        corrupt_logits = model.forward(corrupt_ids).logits
 
     def evaluate(logits):
         v = torch.as_tensor(metric(logits))
         if v.ndim not in (0, 1) or (v.ndim == 1 and v.shape[0] != batch):
             raise ValueError(f"metric must return [batch] = [{batch}] values or a scalar, got shape {tuple(v.shape)}")
-        return float(v.float().mean())
+        return v.float().mean()
 
-    per_forward = batch_size or max(1, int(memory_budget_mb * 2**20 // (batch * _row_bytes(shape, n_pos))))
-    n_groups = min(6, len(layers)) if reuse_prefix else 1
-    bounds = [layers[(i * len(layers)) // n_groups] for i in range(n_groups)]
-    groups: list[list] = [[] for _ in range(n_groups)]
-    for v in variants:
-        groups[max(i for i, b in enumerate(bounds) if v[0] >= b)].append(v)
-    chunks = [g[i:i + per_forward] for g in groups for i in range(0, len(g), per_forward)]
-
-    values = []
-    dev = model.device
-    for chunk in chunks:
-        c = len(chunk)
-        start = chunk[0][0] if reuse_prefix else 0
-        handlers: dict[Site, list] = {}
-        if start > 0:
-            resid = corrupt_cache[Site(start, "resid_pre")]
-            handlers[Site(start, "resid_pre")] = [lambda x, s, r=resid, c=c: r.to(x.device, x.dtype).repeat(
-                c, *([1] * (r.ndim - 1)))]
-        for L in sorted({v[0] for v in chunk}):
-            rows = [(j, h, p) for j, (L2, h, p) in enumerate(chunk) if L2 == L]
-            j = torch.tensor([r[0] for r in rows], device=dev)
-            h = torch.tensor([r[1] for r in rows], device=dev) if per_head else None
-            p = torch.tensor([r[2] for r in rows], device=dev) if positions == "each" else None
-            fn = _patch_handler(c, batch, clean_cache[Site(L, sites)], j, h, p, sites == "pattern")
-            handlers.setdefault(Site(L, sites), []).append(fn)
-        ids = corrupt_ids.repeat(c, 1)
-        with torch.no_grad(), _skip_layers(model, start), model.hooks(handlers):
-            logits = model.forward(ids).logits
-        values += [evaluate(logits[k * batch:(k + 1) * batch]) for k in range(c)]
+    patches = [_patch(sites, clean_cache[Site(L, sites)], L, h, p) for L, h, p in variants]
+    values = run_variants(model, corrupt_ids, patches, lambda out: evaluate(out.logits),
+                          memory_budget_mb=memory_budget_mb, max_variants=batch_size, reuse_prefix=reuse_prefix)
 
     dims = ("layer",) + (("head",) if per_head else ()) + (("pos",) if positions == "each" else ())
     sizes = [len(layers)] + ([len(heads)] if per_head else []) + ([n_pos] if positions == "each" else [])
-    out = torch.tensor(values, dtype=torch.float32).reshape(sizes)
     return PatchResult(
-        values=out, dims=dims, component=sites, layers=layers, heads=list(heads) if per_head else None,
-        positions=list(range(n_pos)) if positions == "each" else None,
+        values=values.float().reshape(sizes), dims=dims, component=sites, layers=layers,
+        heads=list(heads) if per_head else None, positions=list(range(n_pos)) if positions == "each" else None,
         sites=[(Site(L, sites, h), p) for L, h, p in variants],
-        clean_value=evaluate(clean_logits), corrupt_value=evaluate(corrupt_logits))
+        clean_value=float(evaluate(clean_logits)), corrupt_value=float(evaluate(corrupt_logits)))

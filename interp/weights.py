@@ -63,9 +63,7 @@ def _split_in(weight: torch.Tensor, n: int, d_head: int, dtype) -> torch.Tensor:
 
 def w_o(model, layer: int, *, dtype=torch.float64) -> torch.Tensor:
     """``W_O`` of ``layer``: ``[head, d_head, d_model]`` (``z_h W_O[h]`` is head h's write to the residual)."""
-    s = model.shape
-    w = model.arch.attn(layer).o_proj.weight.detach().to(dtype)  # [d_model, head·d_head]
-    return w.view(s.d_model, s.n_heads, s.d_head).permute(1, 2, 0).contiguous()
+    return model.w_o(layer, dtype).contiguous()  # the one per-head view (interp.arch.w_o_heads)
 
 
 def layer_weights(model, layer: int, *, fold_norm: bool = True, dtype=torch.float64) -> LayerWeights:

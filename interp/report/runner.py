@@ -313,16 +313,32 @@ def _prepare_params(names, specs, params, n_tokens) -> dict:
     return per_params
 
 
+def _render_page(model, scores, roles, params, *, top_k, static, n_tokens) -> str:
+    """report.html: the head atlas with the example text's top-k attention (at the run's ``n_tokens``, else
+    ``example.DEFAULT_TOKENS``), or the static page."""
+    if static:
+        from .html import render_report
+
+        return render_report(scores, model_name=model.name, shape=model.shape, params=params, top_k=top_k)
+    from .atlas import render_atlas
+    from .example import DEFAULT_TOKENS, build_example
+
+    example = build_example(model, n_tokens or DEFAULT_TOKENS)
+    return render_atlas(scores, roles, model_name=model.name, shape=model.shape, params=params, example=example)
+
+
 def run_report(model="default", analyses=None, out="reports/run", *, params: dict | None = None,
                n_tokens: int | None = None, seed: int = 0, resume: bool = True, force: bool = False,
-               top_k: int = 10, command: list[str] | None = None, progress: bool = True) -> ReportResult:
+               top_k: int = 10, command: list[str] | None = None, progress: bool = True,
+               static: bool = False) -> ReportResult:
     """Run ``analyses`` (names; ``None`` = all available) on ``model`` (a spec string or a loaded
     ``interp.Model``) and write the report folder ``out``. Returns the scores and the manifest.
 
     ``params`` maps analysis name → parameter overrides (a dict, as in ``[params.<analysis>]``). Every option
     and parameter is checked before the model loads, the checks that need the model (context length) before
     any analysis runs; bad input raises ``ReportError``; ``AnalysisFailed`` when an analysis raises (its
-    finished predecessors are kept for resuming).
+    finished predecessors are kept for resuming). ``report.html`` is the head atlas (``interp.report.atlas``);
+    ``static=True`` writes the print-friendly page of one section per score instead (``interp.report.html``).
     """
 
     from interp.analyses import registry
@@ -348,14 +364,15 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
         raise
     try:
         return _run_locked(model, model_name, names, specs, per_params, out, created, t_start, seed=seed,
-                           resume=resume, force=force, top_k=top_k, command=command, progress=progress)
+                           resume=resume, force=force, top_k=top_k, command=command, progress=progress,
+                           static=static, n_tokens=n_tokens)
     finally:
         held.release()
         _remove_if_new(out, created)  # a new folder that is still empty (the model failed to load)
 
 
 def _run_locked(model, model_name, names, specs, per_params, out, created, t_start, *, seed, resume, force,
-                top_k, command, progress) -> ReportResult:
+                top_k, command, progress, static, n_tokens) -> ReportResult:
     from tqdm.auto import tqdm
 
     prev, replace = _prepare_out(out, model_name, force=force)
@@ -413,11 +430,9 @@ def _run_locked(model, model_name, names, specs, per_params, out, created, t_sta
     roles = assign_roles(scores, model.shape)
     io.write_parquet(out / "roles.parquet", roles)
 
-    from .html import render_report
-
     t0 = time.perf_counter()
-    io.write_html(out / "report.html", render_report(scores, model_name=model.name, shape=model.shape,
-                                                     params=plain, top_k=top_k))
+    io.write_html(out / "report.html", _render_page(model, scores, roles, plain, top_k=top_k, static=static,
+                                                    n_tokens=n_tokens))
     html_seconds = time.perf_counter() - t0
     from .manifest import build_manifest
 
