@@ -211,18 +211,23 @@ def failure_kind(e: BaseException) -> str:
 
 def _call(spec, model, params, out: Path) -> dict:
     """``spec.run`` with its result checked; any failure becomes ``AnalysisFailed`` with its kind."""
-    from interp.scores import ScoreTable, ScoreTableError
-
     try:
         results = spec.run(model, params, out)
     except Exception as e:
         raise AnalysisFailed(f"analysis {spec.name!r} failed: {type(e).__name__}: {e}", failure_kind(e)) from e
+    return checked_results(spec, results, model.shape)
+
+
+def checked_results(spec, results, shape) -> dict:
+    """``results`` of ``spec`` with its score table validated against ``shape``; else ``AnalysisFailed``."""
+    from interp.scores import ScoreTable, ScoreTableError
+
     if not isinstance(results, dict) or "scores" not in results:
         raise AnalysisFailed(f"analysis {spec.name!r} returned {type(results).__name__} without 'scores'; "
                              "run() must return a dict of DataFrames with a 'scores' table", "bug")
     results = dict(results)
     try:
-        results["scores"] = ScoreTable.validate(results["scores"], shape=model.shape)
+        results["scores"] = ScoreTable.validate(results["scores"], shape=shape)
     except ScoreTableError as e:
         raise AnalysisFailed(f"analysis {spec.name!r} returned an invalid score table: {e}", "bug") from e
     return results
@@ -231,11 +236,15 @@ def _call(spec, model, params, out: Path) -> dict:
 def _run_one(spec, model, params, seed, out: Path, h: str):
     import torch
 
-    parts = out / PARTS
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     results = _call(spec, model, params, out)
-    seconds = time.perf_counter() - t0
+    return write_part(spec, params, out, h, results, time.perf_counter() - t0)
+
+
+def write_part(spec, params, out: Path, h: str, results: dict, seconds: float):
+    """Write one analysis's tables, official outputs and (last: it marks the part complete) its .json."""
+    parts = out / PARTS
     for table, df in results.items():
         io.write_parquet(parts / f"{spec.name}.{table}.parquet", df)
     official = []
@@ -245,8 +254,7 @@ def _run_one(spec, model, params, seed, out: Path, h: str):
         written = spec.official_outputs(results, params, off_dir) or []
         official = [str(Path(p).relative_to(out)) if out.resolve() in Path(p).resolve().parents else str(p)
                     for p in written]
-    meta = {"analysis": spec.name, "params": params.to_dict(), "params_hash": h, "seed": seed,
-            "seconds": round(seconds, 3),
+    meta = {"analysis": spec.name, "params": params.to_dict(), "params_hash": h, "seconds": round(seconds, 3),
             "tables": sorted(results), "official": official}
     io.write_json(parts / f"{spec.name}.json", meta)  # written last: marks the part complete
     return meta, results
@@ -313,7 +321,7 @@ def _prepare_params(names, specs, params, n_tokens) -> dict:
     return per_params
 
 
-def _render_page(model, scores, roles, params, *, top_k, static, n_tokens) -> str:
+def _render_page(model, scores, roles, params, *, top_k, static, n_tokens, executor=None) -> str:
     """report.html: the head atlas with the example text's top-k attention (at the run's ``n_tokens``, else
     ``example.DEFAULT_TOKENS``), or the static page."""
     if static:
@@ -323,14 +331,16 @@ def _render_page(model, scores, roles, params, *, top_k, static, n_tokens) -> st
     from .atlas import render_atlas
     from .example import DEFAULT_TOKENS, build_example
 
-    example = build_example(model, n_tokens or DEFAULT_TOKENS)
+    n = n_tokens or DEFAULT_TOKENS
+    example = build_example(model, n) if executor is None else executor.call(build_example, n)  # on a replica
     return render_atlas(scores, roles, model_name=model.name, shape=model.shape, params=params, example=example)
 
 
 def run_report(model="default", analyses=None, out="reports/run", *, params: dict | None = None,
                n_tokens: int | None = None, seed: int = 0, resume: bool = True, force: bool = False,
                top_k: int = 10, command: list[str] | None = None, progress: bool = True,
-               static: bool = False) -> ReportResult:
+               static: bool = False, ray: str | None = None, workers: int = 2,
+               worker_resources: dict | None = None) -> ReportResult:
     """Run ``analyses`` (names; ``None`` = all available) on ``model`` (a spec string or a loaded
     ``interp.Model``) and write the report folder ``out``. Returns the scores and the manifest.
 
@@ -339,7 +349,29 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     any analysis runs; bad input raises ``ReportError``; ``AnalysisFailed`` when an analysis raises (its
     finished predecessors are kept for resuming). ``report.html`` is the head atlas (``interp.report.atlas``);
     ``static=True`` writes the print-friendly page of one section per score instead (``interp.report.html``).
+
+    ``ray``: run the analyses' work units on Ray (``interp.distributed``): ``"local"`` starts a loopback
+    cluster for this run, ``"auto"`` / ``HOST:PORT`` / ``ray://HOST:PORT`` join one; ``workers`` model
+    replicas with ``worker_resources`` ``{"num_cpus": 1, "num_gpus": 0}`` each. The folder is the same as a
+    local run's; finished units are checkpointed in ``parts/<analysis>.units.jsonl``; the manifest gains
+    ``cluster`` (nodes, replicas, resources, per-unit timings).
     """
+    executor = None
+    if ray is not None:
+        from interp.distributed import report_executor
+
+        executor = report_executor(model, ray, workers, worker_resources)
+    try:
+        return _run_report(model, analyses, out, params=params, n_tokens=n_tokens, seed=seed, resume=resume,
+                           force=force, top_k=top_k, command=command, progress=progress, static=static,
+                           executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, top_k, command, progress,
+                static, executor) -> ReportResult:
 
     from interp.analyses import registry
 
@@ -365,19 +397,19 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     try:
         return _run_locked(model, model_name, names, specs, per_params, out, created, t_start, seed=seed,
                            resume=resume, force=force, top_k=top_k, command=command, progress=progress,
-                           static=static, n_tokens=n_tokens)
+                           static=static, n_tokens=n_tokens, executor=executor)
     finally:
         held.release()
         _remove_if_new(out, created)  # a new folder that is still empty (the model failed to load)
 
 
 def _run_locked(model, model_name, names, specs, per_params, out, created, t_start, *, seed, resume, force,
-                top_k, command, progress, static, n_tokens) -> ReportResult:
+                top_k, command, progress, static, n_tokens, executor) -> ReportResult:
     from tqdm.auto import tqdm
 
     prev, replace = _prepare_out(out, model_name, force=force)
     t0 = time.perf_counter()
-    model = _load_model(model, out, created)
+    model = _load_model(model, out, created) if executor is None else executor.start_for_report(out, created)
     load_seconds = time.perf_counter() - t0
     check_model_params(model, per_params)
     if replace:  # --force over a run of another model / interp version: only now that every check passed
@@ -405,7 +437,8 @@ def _run_locked(model, model_name, names, specs, per_params, out, created, t_sta
             meta, results = loaded
             resumed.append(name)
         else:
-            meta, results = _run_one(spec, model, p, seed, out, h)
+            meta, results = (_run_one(spec, model, p, seed, out, h) if executor is None
+                             else executor.run_part(spec, p, seed, out, h, resume=resume))
             computed.append(name)
         parts[name] = results
         timings[name] = {"seconds": meta["seconds"], "resumed": loaded is not None}
@@ -420,7 +453,7 @@ def _run_locked(model, model_name, names, specs, per_params, out, created, t_sta
         parts[name] = {t: pd.read_parquet(out / PARTS / f"{name}.{t}.parquet") for t in meta["tables"]}
         timings[name] = {"seconds": meta.get("seconds"), "resumed": True, "earlier_run": True}
         official[name] = meta.get("official", [])
-        plain[name], seeds[name] = meta.get("params", {}), meta.get("seed", previous.get("seed"))
+        plain[name], seeds[name] = meta.get("params", {}), previous.get("seeds", {}).get(name, previous.get("seed"))
         data += [d for d in previous.get("data_files", []) if d.get("analysis") == name]
     own_before = folder.own_files(out)
     scores, extra = _write_tables(out, names + others, parts)
@@ -432,7 +465,7 @@ def _run_locked(model, model_name, names, specs, per_params, out, created, t_sta
 
     t0 = time.perf_counter()
     io.write_html(out / "report.html", _render_page(model, scores, roles, plain, top_k=top_k, static=static,
-                                                    n_tokens=n_tokens))
+                                                    n_tokens=n_tokens, executor=executor))
     html_seconds = time.perf_counter() - t0
     from .manifest import build_manifest
 
@@ -445,5 +478,7 @@ def _run_locked(model, model_name, names, specs, per_params, out, created, t_sta
     manifest["files"] = sorted({f for n in names + others for f in folder.part_files(out, n)}
                                | {f for f in folder.TOP_FILES if (out / f).is_file()} | set(extra)
                                | {"manifest.json"})
+    if executor is not None:
+        manifest["cluster"] = executor.summary()
     io.write_json(out / "manifest.json", manifest)
     return ReportResult(out=out, scores=scores, manifest=manifest, computed=computed, resumed=resumed)
