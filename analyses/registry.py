@@ -139,6 +139,24 @@ _SPECS = [
         "fit S_h(N) = α_h + β_h N (MoA, Fu et al. 2024; LongHeads)",
         run="interp.analyses.span_scaling:run", params="interp.analyses.span_scaling:SpanScalingParams",
         data_files="interp.analyses.sinks:data_files", in_default=False),
+    AnalysisSpec(
+        "head_similarity", "Head similarity: pairwise attention JS (two-run divergence kernel), EchoAtt cross-layer "
+        "similarity, HyLRA top-k overlap, ProxyAttn pooled proxy heads, average-linkage clusters",
+        run="interp.analyses.head_similarity:run", params="interp.analyses.head_similarity:HeadSimilarityParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
+]
+
+_SPECS += [
+    AnalysisSpec(
+        "zerotuning", "ZeroTuning (Han et al. 2025): per-head γ sweep of first-token attention, consistent-sign "
+        "head selection, supervised / unsupervised γ; accuracy vs random heads on the calibration sets",
+        run="interp.analyses.zerotuning:run", params="interp.analyses.zerotuning:ZeroTuningParams",
+        data_files="interp.analyses.zerotuning:data_files", in_default=False),
+    AnalysisSpec(
+        "act", "ACT (Yu et al. 2024): hidden-sink attention calibration with greedy head selection; accuracy vs "
+        "random heads on the calibration sets",
+        run="interp.analyses.act:run", params="interp.analyses.act:ActParams",
+        data_files="interp.analyses.act:data_files", in_default=False),
 ]
 
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}
