@@ -152,6 +152,19 @@ _SPECS = [
         data_files="interp.analyses.retrieval:data_files"),
 ]
 
+_SPECS += [
+    AnalysisSpec(
+        "zerotuning", "ZeroTuning (Han et al. 2025): per-head γ sweep of first-token attention, consistent-sign "
+        "head selection, supervised / unsupervised γ; accuracy vs random heads on the calibration sets",
+        run="interp.analyses.zerotuning:run", params="interp.analyses.zerotuning:ZeroTuningParams",
+        data_files="interp.analyses.zerotuning:data_files", in_default=False),
+    AnalysisSpec(
+        "act", "ACT (Yu et al. 2024): hidden-sink attention calibration with greedy head selection; accuracy vs "
+        "random heads on the calibration sets",
+        run="interp.analyses.act:run", params="interp.analyses.act:ActParams",
+        data_files="interp.analyses.act:data_files", in_default=False),
+]
+
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}
 
 

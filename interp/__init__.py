@@ -32,6 +32,9 @@ _LAZY = {
     "ScoreTable": ".scores",
     "ScaleKeyAttention": ".attention_edits", "HiddenSinkCalibration": ".attention_edits",
     "Redistribute": ".attention_edits", "span_keys": ".attention_edits", "image_keys": ".attention_edits",
+    "run_variants": ".variants", "VariantOutput": ".variants", "OnRows": ".row_interventions",
+    "PositionMean": ".ablations", "AttendToKey": ".ablations",
+    "top_heads": ".heads", "random_heads": ".heads", "causal_check": ".heads", "CausalCheck": ".heads",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -72,6 +72,12 @@ def report(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
     static: bool = typer.Option(False, "--static", help="report.html as the print-friendly page of one section "
                                 "per score (default: the interactive head atlas)"),
+    ray: str = typer.Option(None, "--ray", help="Run the work units on Ray: 'local' (a loopback cluster on this "
+                            "machine, stopped afterwards), 'auto', HOST:PORT or ray://HOST:PORT (join a cluster)"),
+    workers: int = typer.Option(None, "--workers", help="Model replicas (Ray actors) with --ray (default 2)"),
+    cpus_per_worker: float = typer.Option(None, "--cpus-per-worker", help="CPUs per replica; torch threads "
+                                          "are pinned to it (default 1)"),
+    gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per replica (default 0)"),
 ):
     """Run analyses on a model; write scores.parquet/csv, per_token.parquet, roles.parquet, report.html,
     manifest.json."""
@@ -93,7 +99,7 @@ def report(
             resume=resume if resume is not None else cfg.get("resume", True), force=force,
             top_k=top_k if top_k is not None else cfg.get("top_k", 10),
             command=_command(model_spec, names, out_dir, config, n_tokens, seed, top_k, resume, force, param),
-            progress=not quiet, static=static)
+            progress=not quiet, static=static, **_ray_options(ray, workers, cpus_per_worker, gpus_per_worker))
     except ReportError as e:
         _fail(str(e))
     except AnalysisFailed as e:
@@ -102,6 +108,15 @@ def report(
     typer.echo(f"wrote {res.out}/report.html, scores.parquet ({len(res.scores)} rows), manifest.json "
                f"in {t['total']:.1f} s (computed: {', '.join(res.computed) or 'none'}; "
                f"resumed: {', '.join(res.resumed) or 'none'})")
+
+
+def _ray_options(ray, workers, cpus, gpus) -> dict:
+    if ray is None:
+        if workers is not None or cpus is not None or gpus is not None:
+            _fail("--workers, --cpus-per-worker and --gpus-per-worker need --ray (local, auto or an address)")
+        return {}
+    res = {k: v for k, v in (("num_cpus", cpus), ("num_gpus", gpus)) if v is not None}
+    return {"ray": ray, "workers": 2 if workers is None else workers, "worker_resources": res}
 
 
 def _command(model, names, out, config, n_tokens, seed, top_k, resume, force, params=()) -> list[str]:

@@ -459,15 +459,16 @@ def _flatten(items):
 
 
 _TYPES.update({c.__name__: c for c in (Zero, Scale, Patch, Mean, Resample, UniformAttention, Knockout, Compose)})
-_LAZY = {"PositionMean": "ablations", "AttendToKey": "ablations", "OnRows": "row_interventions",
-         "RowsHandler": "row_interventions", "rows_handlers": "row_interventions"}
+_LAZY = {"PositionMean": "interp.ablations", "AttendToKey": "interp.ablations", "OnRows": "interp.row_interventions",
+         "RowsHandler": "interp.row_interventions", "rows_handlers": "interp.row_interventions",
+         "VHR": "interp.analyses.vhd"}
 
 
 def __getattr__(name):  # the interventions defined in ablations.py / row_interventions.py, imported on first use
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"interp.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'interp.interventions' has no attribute {name!r}")
 
 

@@ -217,18 +217,23 @@ def failure_kind(e: BaseException) -> str:
 
 def _call(spec, model, params, out: Path) -> dict:
     """``spec.run`` with its result checked; any failure becomes ``AnalysisFailed`` with its kind."""
-    from interp.scores import ScoreTable, ScoreTableError
-
     try:
         results = spec.run(model, params, out)
     except Exception as e:
         raise AnalysisFailed(f"analysis {spec.name!r} failed: {type(e).__name__}: {e}", failure_kind(e)) from e
+    return checked_results(spec, results, model.shape)
+
+
+def checked_results(spec, results, shape) -> dict:
+    """``results`` of ``spec`` with its score table validated against ``shape``; else ``AnalysisFailed``."""
+    from interp.scores import ScoreTable, ScoreTableError
+
     if not isinstance(results, dict) or "scores" not in results:
         raise AnalysisFailed(f"analysis {spec.name!r} returned {type(results).__name__} without 'scores'; "
                              "run() must return a dict of DataFrames with a 'scores' table", "bug")
     results = dict(results)
     try:
-        results["scores"] = ScoreTable.validate(results["scores"], shape=model.shape)
+        results["scores"] = ScoreTable.validate(results["scores"], shape=shape)
     except ScoreTableError as e:
         raise AnalysisFailed(f"analysis {spec.name!r} returned an invalid score table: {e}", "bug") from e
     return results
@@ -237,11 +242,15 @@ def _call(spec, model, params, out: Path) -> dict:
 def _run_one(spec, model, params, seed, out: Path, h: str):
     import torch
 
-    parts = out / PARTS
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     results = _call(spec, model, params, out)
-    seconds = time.perf_counter() - t0
+    return write_part(spec, params, out, h, results, time.perf_counter() - t0)
+
+
+def write_part(spec, params, out: Path, h: str, results: dict, seconds: float):
+    """Write one analysis's tables, official outputs and (last: it marks the part complete) its .json."""
+    parts = out / PARTS
     for table, df in results.items():
         io.write_parquet(parts / f"{spec.name}.{table}.parquet", df)
     official = []
@@ -318,7 +327,7 @@ def _prepare_params(names, specs, params, n_tokens) -> dict:
     return per_params
 
 
-def _render_page(model, scores, roles, params, *, top_k, static, n_tokens) -> str:
+def _render_page(model, scores, roles, params, *, top_k, static, n_tokens, executor=None) -> str:
     """report.html: the head atlas with the example text's top-k attention (at the run's ``n_tokens``, else
     ``example.DEFAULT_TOKENS``), or the static page."""
     if static:
@@ -328,14 +337,16 @@ def _render_page(model, scores, roles, params, *, top_k, static, n_tokens) -> st
     from .atlas import render_atlas
     from .example import DEFAULT_TOKENS, build_example
 
-    example = build_example(model, n_tokens or DEFAULT_TOKENS)
+    n = n_tokens or DEFAULT_TOKENS
+    example = build_example(model, n) if executor is None else executor.call(build_example, n)  # on a replica
     return render_atlas(scores, roles, model_name=model.name, shape=model.shape, params=params, example=example)
 
 
 def run_report(model="default", analyses=None, out="reports/run", *, params: dict | None = None,
                n_tokens: int | None = None, seed: int = 0, resume: bool = True, force: bool = False,
                top_k: int = 10, command: list[str] | None = None, progress: bool = True,
-               static: bool = False) -> ReportResult:
+               static: bool = False, ray: str | None = None, workers: int = 2,
+               worker_resources: dict | None = None) -> ReportResult:
     """Run ``analyses`` (names; ``None`` = all available) on ``model`` (a spec string or a loaded
     ``interp.Model``) and write the report folder ``out``. Returns the scores and the manifest.
 
@@ -344,7 +355,29 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     any analysis runs; bad input raises ``ReportError``; ``AnalysisFailed`` when an analysis raises (its
     finished predecessors are kept for resuming). ``report.html`` is the head atlas (``interp.report.atlas``);
     ``static=True`` writes the print-friendly page of one section per score instead (``interp.report.html``).
+
+    ``ray``: run the analyses' work units on Ray (``interp.distributed``): ``"local"`` starts a loopback
+    cluster for this run, ``"auto"`` / ``HOST:PORT`` / ``ray://HOST:PORT`` join one; ``workers`` model
+    replicas with ``worker_resources`` ``{"num_cpus": 1, "num_gpus": 0}`` each. The folder is the same as a
+    local run's; finished units are checkpointed in ``parts/<analysis>.units.jsonl``; the manifest gains
+    ``cluster`` (nodes, replicas, resources, per-unit timings).
     """
+    executor = None
+    if ray is not None:
+        from interp.distributed import report_executor
+
+        executor = report_executor(model, ray, workers, worker_resources)
+    try:
+        return _run_report(model, analyses, out, params=params, n_tokens=n_tokens, seed=seed, resume=resume,
+                           force=force, top_k=top_k, command=command, progress=progress, static=static,
+                           executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, top_k, command, progress,
+                static, executor) -> ReportResult:
     from tqdm.auto import tqdm
 
     from interp.analyses import registry
@@ -361,7 +394,7 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     created = not out.exists()
     prev, replace = _prepare_out(out, model_name, force=force)
     t0 = time.perf_counter()
-    model = _load_model(model, out, created)
+    model = _load_model(model, out, created) if executor is None else executor.start_for_report(out, created)
     load_seconds = time.perf_counter() - t0
     try:
         check_model_params(model, per_params)
@@ -392,7 +425,8 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
             meta, results = loaded
             resumed.append(name)
         else:
-            meta, results = _run_one(spec, model, p, seed, out, h)
+            meta, results = (_run_one(spec, model, p, seed, out, h) if executor is None
+                             else executor.run_part(spec, p, seed, out, h, resume=resume))
             computed.append(name)
         parts[name] = results
         timings[name] = {"seconds": meta["seconds"], "resumed": loaded is not None}
@@ -408,7 +442,7 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     plain = {n: p.to_dict() for n, p in per_params.items()}
     t0 = time.perf_counter()
     io.write_html(out / "report.html", _render_page(model, scores, roles, plain, top_k=top_k, static=static,
-                                                    n_tokens=n_tokens))
+                                                    n_tokens=n_tokens, executor=executor))
     html_seconds = time.perf_counter() - t0
     from .manifest import build_manifest
 
@@ -417,5 +451,7 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
         official=official, tables=extra, command=command if command is not None else sys.argv,
         extra_timings={"load_model": round(load_seconds, 3), "report_html": round(html_seconds, 3),
                        "total": round(time.perf_counter() - t_start, 3)})
+    if executor is not None:
+        manifest["cluster"] = executor.summary()
     io.write_json(out / "manifest.json", manifest)
     return ReportResult(out=out, scores=scores, manifest=manifest, computed=computed, resumed=resumed)

@@ -135,10 +135,16 @@ def test_on_rows_touches_only_its_rows(m64):
 
 
 def test_on_rows_round_trips_through_json(tmp_path):
+    from interp.analyses.vhd import VHR
+
     items = [OnRows([Zero(Site(0, "z", 1)), PositionMean(Site(1, "z", 0), torch.ones(2, 5))], rows=slice(2, 4)),
-             AttendToKey(1, 2, key_pos=0)]
+             AttendToKey(1, 2, key_pos=0), VHR(alpha=1.5, layers=(0, 2))]
     save_interventions(tmp_path / "iv.json", items)
-    assert load_interventions(tmp_path / "iv.json") == items
+    back = load_interventions(tmp_path / "iv.json")
+    assert back == items and back[2].layers == (0, 2)
+    assert back != items[:2] + [VHR(alpha=1.5)]
+    with pytest.raises(TypeError, match="vhr.apply"):
+        VHR().compile(None)
 
 
 def test_attend_to_key_equals_one_hot_pattern(m64):
