@@ -74,12 +74,12 @@ class RoleRule:
 
 
 RETRIEVAL = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality"
-SINK = "Gu et al. 2025, When Attention Sink Emerges in Language Models (ε = 0.3)"
+SINK = "Gu et al. 2025, When Attention Sink Emerges in Language Models (ε = 0.3; mean α over samples)"
 TL = "TransformerLens head_detector (Nanda et al.); threshold 0.3 is interp's convention"
 DUO = "Xiao et al. 2024, DuoAttention (gate α above the trained threshold)"
 STREAM = "Xiao et al. 2024, StreamingLLM (outside-mass τ = 0.1, as stream_head_frac)"
-SHIPS = "Zhou et al. 2024, On the Role of Attention Heads in LLM Safety (Ships top-k)"
-WAAD = "Liu et al. 2025, WAAD local heads (local_head = 1)"
+SHIPS = "Zhou et al. 2025, On the Role of Attention Heads in LLM Safety (Ships top-k; k = 10 is interp's)"
+WAAD = "Li et al. 2025, Attention Illuminates LLM Reasoning (local = WAAD below the median head)"
 PCT = "no published threshold: top 5% of the model's heads (interp's rule)"
 
 RULES: tuple[RoleRule, ...] = (
