@@ -192,6 +192,9 @@ def attention_stats(model, inputs, stats, *, layers=None, attention_mask=None, i
     model.check_tokens(ids)
     mask = _check_mask(mask, ids)
     layers = _check_layers(model, layers)
+    from .plan import check_run
+
+    check_run(model, ids.shape[1], ids.shape[0], stats=tuple(stats), memory_budget_mb=memory_budget_mb)
     kpm = None
     if mask is not None and not bool(mask.bool().all()):
         kpm = mask.bool().to(model.device)
