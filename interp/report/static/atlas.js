@@ -28,12 +28,18 @@
     if (!(r.role in roleColor)) { roleColor[r.role] = PALETTE[roles.length % PALETTE.length]; roles.push(r.role); roleRules[r.role] = []; }
     roleRules[r.role].push(r);
   });
+  var ran = {};
+  D.analyses.forEach(function (a) { ran[a] = true; });
   var headRoles = {}, counts = {};
   Object.keys(D.roles).forEach(function (n) {
     var seen = {};
     D.roles[n].forEach(function (e) { seen[e[0]] = true; });
     headRoles[n] = roles.filter(function (r) { return seen[r]; });
     headRoles[n].forEach(function (r) { counts[r] = (counts[r] || 0) + 1; });
+  });
+  // the legend lists the roles whose analysis ran (and any role that fired, e.g. circuit classes)
+  var shown = roles.filter(function (r) {
+    return counts[r] || roleRules[r].some(function (x) { return ran[x.analysis]; });
   });
   function abbrev(role) {
     var p = role.split("_");
@@ -60,7 +66,7 @@
   mapSec.appendChild(el("div", {"class": "controls"}, [el("label", {text: "Find head "}, [search]), msg,
     el("button", {id: "clear-filters", type: "button", text: "all roles", onclick: function () { setFilters([]); }})]));
   var legend = el("div", {id: "legend"});
-  roles.forEach(function (r) {
+  shown.forEach(function (r) {
     var box = el("input", {type: "checkbox", "data-role": r, onchange: applyFilters});
     legend.appendChild(el("label", {"class": "role-filter", "data-role": r}, [box, badge(r), " " + r + " ",
       el("span", {"class": "count", text: "(" + (counts[r] || 0) + ")"})]));
@@ -68,7 +74,7 @@
   mapSec.appendChild(legend);
   var ruleRows = [el("tr", {}, [el("th", {"class": "l", text: "role"}), el("th", {"class": "l", text: "rule"}),
     el("th", {text: "heads"}), el("th", {"class": "l", text: "source"})])];
-  roles.forEach(function (r) {
+  shown.forEach(function (r) {
     roleRules[r].forEach(function (x) {
       ruleRows.push(el("tr", {}, [el("td", {"class": "l"}, [badge(r), " " + r]),
         el("td", {"class": "l", text: (x.analysis ? x.analysis + ": " : "") + x.rule}),
