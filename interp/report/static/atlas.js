@@ -179,6 +179,20 @@
         el("td", {"class": "rank", text: r.rank + " / " + r.n}), el("td", {"class": "pct", text: r.pct.toFixed(1)})]));
     });
     card.appendChild(el("table", {id: "card-scores"}, rows));
+    var layerRows = [el("tr", {}, ["analysis", "layer-level score", "value", "rank of layer"].map(function (t, i) {
+      return el("th", {"class": i < 2 ? "l" : "", text: t}); }))];
+    D.scores.forEach(function (e) {
+      var v = e.level === "layer" ? e.values[l] : null;
+      if (v == null) return;
+      var r = rankOf(e, v);
+      layerRows.push(el("tr", {"data-score": e.analysis + "/" + e.score}, [el("td", {"class": "l", text: e.analysis}),
+        el("td", {"class": "l", text: e.score}), el("td", {"data-value": String(v), text: fmt(v)}),
+        el("td", {text: r.rank + " / " + r.n})]));
+    });
+    if (layerRows.length > 1) {
+      card.appendChild(el("h3", {text: "Layer " + l + " (layer-level scores)"}));
+      card.appendChild(el("table", {id: "card-layer-scores"}, layerRows));
+    }
     cardDistribution(card, l, h);
     cardAttention(card, l, h);
   }
