@@ -182,6 +182,9 @@ def attention_stats(model, inputs, stats, *, layers=None, attention_mask=None, i
     for layer in layers:
         if not 0 <= layer < model.shape.n_layers:
             raise ValueError(f"layer {layer} out of range (model has {model.shape.n_layers} layers)")
+    from .plan import check_run
+
+    check_run(model, ids.shape[1], ids.shape[0], stats=tuple(stats), memory_budget_mb=memory_budget_mb)
     kpm = None
     if mask is not None and not bool(mask.bool().all()):
         kpm = mask.bool().to(model.device)

@@ -233,6 +233,9 @@ class Model:
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
         self.check_tokens(ids)
+        from .plan import check_run
+
+        check_run(self, ids.shape[1], ids.shape[0])  # refuse up front what cannot fit (interp.plan)
         from .hooks import interp_attention_active
 
         with interp_attention_active(self):
