@@ -163,6 +163,17 @@ _SPECS += [
         "random heads on the calibration sets",
         run="interp.analyses.act:run", params="interp.analyses.act:ActParams",
         data_files="interp.analyses.act:data_files", in_default=False),
+    AnalysisSpec(
+        "attention_redistribution", "VAR (Kang et al. 2025) on text: sink attention redistributed onto a marked "
+        "passage in the heads that attend to it; context-QA accuracy vs random heads",
+        run="interp.analyses.attention_redistribution:run",
+        params="interp.analyses.attention_redistribution:RedistributionParams",
+        data_files="interp.analyses.attention_redistribution:data_files", in_default=False),
+    AnalysisSpec(
+        "context_attention", "Per-head attention on a marked context with vs without the chat template, and "
+        "steering the heads that lose it (context-awareness loss after instruction tuning)",
+        run="interp.analyses.context_attention:run", params="interp.analyses.context_attention:ContextAttentionParams",
+        data_files="interp.analyses.context_attention:data_files", in_default=False),
 ]
 
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}
