@@ -122,38 +122,54 @@ def _per_token(model, t: int, ids: torch.Tensor, mass: torch.Tensor):
 
 
 @torch.no_grad()
-def run(model, params: BasicParams | dict | None = None, out_dir=None) -> dict:
-    import pandas as pd
-    from tqdm.auto import tqdm
-
+def text_stats(model, t: int, text: str, n_tokens: int):
+    """Text ``t``: ``(mass_sum [layer, head], ent_sum [layer, head], n_query, per_token rows)``: float64 sums over
+    its query positions 1..n-1 (``run`` and its work units, ``interp.units``, add them text by text)."""
     from interp.attention import attention_stats
+
+    ids = torch.tensor([model.tokenizer(text)["input_ids"][:n_tokens]], dtype=torch.long)  # [1, pos]
+    if ids.shape[1] < 2:
+        raise ValueError(f"text {t} has fewer than 2 tokens; give longer texts")
+    mass, ent = head_stats(attention_stats(model, ids, ["mass_first", "entropy"], sink_k=1))
+    return mass.sum(-1), ent.sum(-1), ids.shape[1] - 1, _per_token(model, t, ids, mass)
+
+
+def effective_n_tokens(model, params: BasicParams) -> int:
+    """``n_tokens`` clamped to the model's context."""
+    return min(params.n_tokens, model.shape.n_ctx) if model.shape.n_ctx else params.n_tokens
+
+
+def tables_from_stats(model_name: str, shape, stats) -> dict:
+    """The report tables from ``text_stats`` results in text order (sums taken text by text from zero)."""
+    import pandas as pd
+
     from interp.scores import ScoreTable
 
-    params = BasicParams.coerce(params, where="attention_basics")
-    n_tokens = params.n_tokens
-    if model.shape.n_ctx:
-        n_tokens = min(n_tokens, model.shape.n_ctx)
-    s = model.shape
-    mass_sum = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
+    mass_sum = torch.zeros(shape.n_layers, shape.n_heads, dtype=torch.float64)
     ent_sum = torch.zeros_like(mass_sum)
     n_q = 0
-    per_token = []
-    for t, text in enumerate(tqdm(_texts(params), desc="attention_basics", leave=False)):
-        ids = torch.tensor([model.tokenizer(text)["input_ids"][:n_tokens]], dtype=torch.long)  # [1, pos]
-        if ids.shape[1] < 2:
-            raise ValueError(f"text {t} has fewer than 2 tokens; give longer texts")
-        mass, ent = head_stats(attention_stats(model, ids, ["mass_first", "entropy"], sink_k=1))
-        mass_sum += mass.sum(-1)
-        ent_sum += ent.sum(-1)
-        per_token.append(_per_token(model, t, ids, mass))
-        n_q += ids.shape[1] - 1
-    common = dict(model=model.name, analysis="attention_basics", n_samples=n_q)
+    for mass, ent, n, _ in stats:
+        mass_sum += mass
+        ent_sum += ent
+        n_q += n
+    common = dict(model=model_name, analysis="attention_basics", n_samples=n_q)
     scores = ScoreTable.concat([
         ScoreTable.from_matrix(mass_sum / n_q, score="first_token_mass", **common),
         ScoreTable.from_matrix(ent_sum / n_q, score="entropy", **common),
     ])
-    pt = pd.concat(per_token, ignore_index=True)
+    pt = pd.concat([x[3] for x in stats], ignore_index=True)
     pt.insert(0, "score", "first_token_mass")
     pt.insert(0, "analysis", "attention_basics")
-    pt.insert(0, "model", model.name)
+    pt.insert(0, "model", model_name)
     return {"scores": scores, "per_token": pt}
+
+
+@torch.no_grad()
+def run(model, params: BasicParams | dict | None = None, out_dir=None) -> dict:
+    from tqdm.auto import tqdm
+
+    params = BasicParams.coerce(params, where="attention_basics")
+    n_tokens = effective_n_tokens(model, params)
+    stats = [text_stats(model, t, text, n_tokens)
+             for t, text in enumerate(tqdm(_texts(params), desc="attention_basics", leave=False))]
+    return tables_from_stats(model.name, model.shape, stats)

@@ -319,19 +319,24 @@ def _acc_row(name, seed, heads, recs) -> dict:
 
 def run(model, params: RetrievalParams | dict | None = None, out_dir=None) -> dict:
     """Report entry: retrieval scores on the NIAH grid of ``params`` (``RetrievalParams``)."""
-    from interp.scores import ScoreTable
-
     p = RetrievalParams.coerce(params, where="retrieval")
     recs = niah_sweep(model, lengths=list(p.lengths), depths=list(p.depths), needles=list(p.needles),
                       max_new_tokens=p.max_new_tokens, checkpoint=p.checkpoint, buffer=p.buffer,
                       stop_rule=p.stop_rule)
+    return tables_from_records(recs, model.name, model.shape)
+
+
+def tables_from_records(recs, model_name: str, shape) -> dict:
+    """The report tables from per-sample records in grid order (``run``; ``interp.units`` merges with it)."""
+    from interp.scores import ScoreTable
+
     counter = head_counter(recs)
     n_kept = sum(r["kept"] for r in recs)
-    mat = retrieval_head_scores(counter, model.shape.n_layers, model.shape.n_heads)
+    mat = retrieval_head_scores(counter, shape.n_layers, shape.n_heads)
     scores = ScoreTable.concat([
-        ScoreTable.from_matrix(np.nan_to_num(mat), model=model.name, analysis="retrieval",
+        ScoreTable.from_matrix(np.nan_to_num(mat), model=model_name, analysis="retrieval",
                                score="retrieval_score", n_samples=n_kept),
-        ScoreTable.scalar(np.mean([r["kept"] for r in recs]), model=model.name, analysis="retrieval",
+        ScoreTable.scalar(np.mean([r["kept"] for r in recs]), model=model_name, analysis="retrieval",
                           score="niah_accuracy", n_samples=len(recs)),
     ])
     per_sample = pd.DataFrame([{k: v for k, v in r.items() if k != "scores"} for r in recs])
