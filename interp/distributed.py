@@ -249,12 +249,25 @@ class Executor:
         ``on_result(unit, output)`` is called as each unit finishes (e.g. to checkpoint it)."""
         import ray
 
-        from .report.runner import AnalysisFailed, failure_kind
-
         self.start()
         sref = ray.put(splitter)
         pending, free = deque(units), list(self._actors)
         inflight, starting, attempts, done = {}, {}, {}, {}
+        for _ in range(self.workers - len(self._actors)):  # replicas lost in an earlier run: top up
+            actor, info_ref = self._spawn()
+            starting[info_ref] = actor
+        try:
+            self._schedule(sref, params, seed, pending, free, inflight, starting, attempts, done, on_result)
+        finally:
+            for actor in starting.values():  # replacements still loading when the run stopped
+                ray.kill(actor)
+        return done
+
+    def _schedule(self, sref, params, seed, pending, free, inflight, starting, attempts, done, on_result):
+        import ray
+
+        from .report.runner import AnalysisFailed, failure_kind
+
         while pending or inflight:
             while pending and free:
                 actor, unit = free.pop(0), pending.popleft()
@@ -297,7 +310,6 @@ class Executor:
             done[unit.key] = out
             if on_result is not None:
                 on_result(unit, out)
-        return done
 
     def run_analysis(self, spec, params, seed: int = 0, *, checkpoint=None, meta: dict | None = None) -> dict:
         """Split, run (resuming finished units from ``checkpoint``), merge: the analysis's tables."""
