@@ -202,12 +202,12 @@ class Executor:
         """Stop the replicas; shut the cluster down when this executor started or joined it."""
         import ray
 
-        for a in getattr(self, "_actors", []):
+        for a in getattr(self, "_actors", []) + list(getattr(self, "_loading", {}).values()):
             try:
                 ray.kill(a)
             except Exception:
                 pass
-        self._actors = []
+        self._actors, self._loading = [], {}
         if self._owns and ray.is_initialized():
             ray.shutdown()
         self._owns = self._started = False
@@ -252,15 +252,15 @@ class Executor:
         self.start()
         sref = ray.put(splitter)
         pending, free = deque(units), list(self._actors)
-        inflight, starting, attempts, done = {}, {}, {}, {}
-        for _ in range(self.workers - len(self._actors)):  # replicas lost in an earlier run: top up
+        inflight, attempts, done = {}, {}, {}
+        starting, self._loading = getattr(self, "_loading", {}), {}  # replacements from an earlier run
+        for _ in range(self.workers - len(self._actors) - len(starting)):  # replicas lost earlier: top up
             actor, info_ref = self._spawn()
             starting[info_ref] = actor
         try:
             self._schedule(sref, params, seed, pending, free, inflight, starting, attempts, done, on_result)
         finally:
-            for actor in starting.values():  # replacements still loading when the run stopped
-                ray.kill(actor)
+            self._loading = starting  # still loading: they join the next run (close() stops them)
         return done
 
     def _schedule(self, sref, params, seed, pending, free, inflight, starting, attempts, done, on_result):
