@@ -125,7 +125,9 @@ def test_worker_killed_by_pid_from_outside_while_it_holds_a_unit(pool):
     from interp.analyses.registry import get
 
     params = {"n_units": 4, "delay": 3.0}
-    victim = pool.replicas[-1]["pid"]
+    import ray
+
+    victim = ray.get(pool._actors[0].info.remote())["pid"]  # a live replica (earlier tests killed some)
     threading.Timer(1.5, os.kill, (victim, signal.SIGKILL)).start()
     spec = get("planted")
     got = pool.run_analysis(spec, spec.params.coerce(params))
