@@ -22,7 +22,7 @@ here with 1 thread, no contention between them (one core each), unit time depend
 length is the same), the quadratic fit holds from the measured lengths up to 50K (an extrapolation, stated
 as such), the driver and object store are never the bottleneck (results are ~10 KB a unit).
 
-    python benchmarks/distributed.py [--lengths 300 600 900] [--depths 0 100] [--needles 0 1]
+    python benchmarks/distributed.py [--lengths 300 600 900] [--depths 0 100] [--needles 0 1] [--max-new-tokens 50]
 writes reports/bench/distributed.json (``--json PATH`` elsewhere).
 """
 
@@ -117,6 +117,7 @@ def main(argv=None):
     p_.add_argument("--lengths", type=int, nargs="+", default=[300, 600, 900])
     p_.add_argument("--depths", type=float, nargs="+", default=[0.0, 100.0])
     p_.add_argument("--needles", type=int, nargs="+", default=[0, 1])
+    p_.add_argument("--max-new-tokens", type=int, default=50)
     p_.add_argument("--json", default="reports/bench/distributed.json")
     args = p_.parse_args(argv)
     from interp import io
@@ -124,7 +125,8 @@ def main(argv=None):
     from interp.analyses.niah import grid, sample_key
 
     spec = registry.get("retrieval")
-    p = spec.params.coerce({"lengths": args.lengths, "depths": args.depths, "needles": args.needles})
+    p = spec.params.coerce({"lengths": args.lengths, "depths": args.depths, "needles": args.needles,
+                            "max_new_tokens": args.max_new_tokens})
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     local_tables, local_s = _local(spec, p)
     ray1 = _ray(spec, p, 1, 2)
@@ -132,7 +134,7 @@ def main(argv=None):
     lengths_of = {sample_key(*c): c[0] for c in grid(p.lengths, p.depths, p.needles)}
     out = {
         "grid": {"lengths": args.lengths, "depths": args.depths, "needles": args.needles,
-                 "n_samples": len(lengths_of)},
+                 "max_new_tokens": args.max_new_tokens, "n_samples": len(lengths_of)},
         "uptime_before": load, "uptime_after": subprocess.run(["uptime"], capture_output=True,
                                                               text=True).stdout.strip(),
         "cpus": os.cpu_count(),
