@@ -9,7 +9,8 @@ the last ``tail`` query rows of an N-token prose prefix (rows N − tail ≤ i <
 
     span_h(N)         = mean_i Σ_j A_ij (i − j)                         (engine ``attn_distance``)
     span_nonsink_h(N) = mean_i (Σ_j A_ij (i − j) − A_i0 · i) / (1 − A_i0)   (the first token removed, renormalised;
-                        A_i0 = ``mass_first`` with sink_k = 1, exact: key 0 sits at distance i)
+                        A_i0 = ``mass_first`` with sink_k = 1, exact: key 0 sits at distance i; rows with
+                        1 − A_i0 < ``min_rest`` are skipped, NaN if all are)
     recent_h(N)       = mean_i Σ_{i − j < w} A_ij                      (engine ``mass_recent``, recent_w = w)
 
 Causality makes one forward enough: query row i of an N-token prefix attends exactly as row i of the longest
@@ -44,6 +45,8 @@ class SpanScalingParams(Params):
     n_samples: int = param(1, "prose windows", ge=1)
     tail: int = param(64, "query rows at the end of each length that are averaged", ge=1)
     recent_w: int = param(64, "recent window w of recent_mass", ge=1)
+    min_rest: float = param(0.01, "span_nonsink skips rows with less mass than this off the first token", ge=0,
+                            lt=1)
     fit_on: str = param("span_nonsink", "series the elastic fit uses", choices=("span", "span_nonsink"))
     seed: int = param(0, "sample seed", ge=0)
 
@@ -57,10 +60,12 @@ class SpanScalingParams(Params):
         check_context(model, f"{where or 'span_scaling'}.lengths", max(self.lengths))
 
 
-def spans_by_length(model, ids: torch.Tensor, lengths, *, tail: int = 64, recent_w: int = 64,
+def spans_by_length(model, ids: torch.Tensor, lengths, *, tail: int = 64, recent_w: int = 64, min_rest: float = 0.01,
                     stats=None) -> dict[str, torch.Tensor]:
     """``span, span_nonsink, recent_mass``: each ``[len(lengths), layer, head]`` float64 (mean over the last
-    ``tail`` rows of each prefix length and over the batch). ids: ``[batch, pos]`` with pos >= max(lengths)."""
+    ``tail`` rows of each prefix length and over the batch). ids: ``[batch, pos]`` with pos >= max(lengths).
+    ``span_nonsink`` skips rows whose mass off the first token ``1 − A_i0`` is below ``min_rest`` (NaN when all
+    are skipped: the head is a pure sink there and has no non-sink span)."""
     import interp
 
     lengths = [int(n) for n in lengths]
@@ -74,25 +79,31 @@ def spans_by_length(model, ids: torch.Tensor, lengths, *, tail: int = 64, recent
         recent_w=recent_w)
     dist, first, recent = (st[n].double() for n in ("attn_distance", "mass_first", "mass_recent"))
     pos = torch.arange(dist.shape[-1], dtype=torch.float64)
-    nonsink = (dist - first * pos) / (1 - first).clamp_min(1e-12)  # [layer, batch, head, query_pos]
+    rest = 1 - first
+    nonsink = (dist - first * pos) / rest.clamp_min(1e-12)  # [layer, batch, head, query_pos]
+    nonsink = nonsink.masked_fill(rest < min_rest, float("nan"))  # ill-defined when the first token takes it all
     out = {"span": [], "span_nonsink": [], "recent_mass": []}
     for n in lengths:
         rows = slice(n - tail, n)
         for name, x in (("span", dist), ("span_nonsink", nonsink), ("recent_mass", recent)):
-            out[name].append(x[..., rows].mean((1, 3)))
+            out[name].append(x[..., rows].nanmean((1, 3)) if name == "span_nonsink" else x[..., rows].mean((1, 3)))
     return {k: torch.stack(v) for k, v in out.items()}
 
 
 def elastic_fit(lengths, spans) -> dict[str, np.ndarray]:
-    """Least-squares ``S = α + β N`` per head. lengths ``[n]``, spans ``[n, ...]`` → alpha, beta, r2 ``[...]``."""
+    """Least-squares ``S = α + β N`` per head. lengths ``[n]``, spans ``[n, ...]`` → alpha, beta, r2 ``[...]``
+    (NaN for a head with a NaN span at any length)."""
     n = np.asarray(lengths, dtype=float)
     s = np.asarray(spans, dtype=float).reshape(len(n), -1)
+    bad = np.isnan(s).any(0)
+    s = np.where(bad[None], 0.0, s)
     x = np.stack([np.ones_like(n), n], 1)  # [n, 2]
     coef, *_ = np.linalg.lstsq(x, s, rcond=None)  # [2, heads]
     resid = ((s - x @ coef) ** 2).sum(0)
     tot = ((s - s.mean(0)) ** 2).sum(0)
     r2 = np.where(tot > 0, 1 - resid / np.where(tot > 0, tot, 1), 1.0)
     shape = np.asarray(spans).shape[1:]
+    coef[:, bad], r2[bad] = np.nan, np.nan
     return {"alpha": coef[0].reshape(shape), "beta": coef[1].reshape(shape), "r2": r2.reshape(shape)}
 
 
@@ -104,7 +115,7 @@ def run(model, params: SpanScalingParams | dict | None = None, out_dir=None):
     p.check_model(model, "span_scaling")
     lengths = sorted(p.lengths)
     ids = domain_samples(model, "prose", p.n_samples, max(lengths), seed=p.seed)
-    sp = spans_by_length(model, ids, lengths, tail=p.tail, recent_w=p.recent_w)
+    sp = spans_by_length(model, ids, lengths, tail=p.tail, recent_w=p.recent_w, min_rest=p.min_rest)
     fit = elastic_fit(lengths, sp[p.fit_on].numpy())
     common = dict(model=model.name, analysis="span_scaling", n_samples=p.n_samples * p.tail)
     series = sp[p.fit_on].numpy()

@@ -1,4 +1,5 @@
-"""The ``interp`` command line: ``interp report``, ``interp analyses``, ``interp models``, ``interp compare``.
+"""The ``interp`` command line: ``interp report``, ``interp analyses``, ``interp models``, ``interp compare``,
+``interp plan``.
 
     interp report --model default --out reports/default              # every available analysis
     interp report --model tiny-llama --analyses attention_basics --out reports/runs/tiny --n-tokens 64
@@ -6,6 +7,7 @@
     interp report -a sinks -p sinks.n_samples=20 -p sinks.streaming.n_tokens=512   # set typed parameters
     interp analyses --params                                          # every parameter, its type and range
     interp compare reports/runs/a reports/runs/b --out reports/compare/a_vs_b   # two reports, score by score
+    interp plan --model default --tokens 8192 --analyses sinks        # expected peak memory per device
 
 Bad input (unknown analysis or parameter, a value of the wrong type or out of range, unwritable folder, a
 folder holding another model's run) prints one line and exits with code 2, before the model loads where it
@@ -78,12 +80,20 @@ def report(
     cpus_per_worker: float = typer.Option(None, "--cpus-per-worker", help="CPUs per replica; torch threads "
                                           "are pinned to it (default 1)"),
     gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per replica (default 0)"),
+    plan_only: bool = typer.Option(False, "--plan", help="Print the memory plan of this run (per device) and "
+                                   "exit; exit code 2 when it does not fit"),
 ):
     """Run analyses on a model; write scores.parquet/csv, per_token.parquet, roles.parquet, report.html,
     manifest.json."""
     from interp.report.config import apply_overrides
     from interp.report.runner import AnalysisFailed, ReportError, load_config, run_report
 
+    if plan_only:
+        cfg = load_config(config) if config else {}
+        names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses else cfg.get("analyses")
+        _show_plan(model or cfg.get("model") or "default", n_tokens or cfg.get("n_tokens") or 512, 1, names,
+                   None, None, "float32")
+        return
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"  # the analyses' own progress bars too
     out_dir = out
@@ -179,6 +189,55 @@ def compare(
         _fail(str(e))
     typer.echo(summary(table))
     typer.echo(f"wrote {out}/compare.html, compare.parquet, roles_diff.parquet")
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Option("default", "--model", "-m", help="Model name, folder or .gguf (weights not read)"),
+    tokens: int = typer.Option(..., "--tokens", "-n", help="Tokens per sequence"),
+    batch: int = typer.Option(1, "--batch", "-b", help="Sequences per forward"),
+    analyses: str = typer.Option(None, "--analyses", "-a", help="Comma-separated analyses (adds the statistics "
+                                 "they keep)"),
+    device_map: str = typer.Option(None, "--device-map", help="'auto': spread the layers over the devices"),
+    max_memory: str = typer.Option(None, "--max-memory", help="Budget per device, e.g. cpu=20GiB,0=70GiB "
+                                   "(default: what is free now)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+):
+    """Print the expected peak memory per device of one forward; exit 2 (one line) when it does not fit."""
+    names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses else None
+    _show_plan(model, tokens, batch, names, device_map, max_memory, dtype)
+
+
+def _parse_max_memory(text: str | None) -> dict | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        key, sep, size = item.partition("=")
+        if not sep:
+            _fail(f"--max-memory item {item!r} is not DEVICE=SIZE (e.g. cpu=20GiB,0=70GiB)")
+        key = key.strip()
+        out[int(key) if key.isdigit() else key] = size.strip()
+    return out
+
+
+def _show_plan(model, tokens, batch, names, device_map, max_memory, dtype) -> None:
+    from interp.plan import plan, plan_for
+
+    if device_map not in (None, "auto"):
+        _fail(f"--device-map {device_map!r}: the command line takes 'auto' (pass a dict through the Python API)")
+    try:
+        mm = _parse_max_memory(max_memory)
+        m = plan_for(model, dtype=dtype)
+        dm = None
+        if device_map == "auto":
+            from interp.devices import resolve_device_map
+
+            dm = resolve_device_map(m.hf, "auto", max_memory=mm, offload_folder="offload", dtype=m.dtype)
+        p = plan(m, tokens, batch, analyses=names, device_map=dm, max_memory=mm)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+    typer.echo(p.table())
+    if not p.fits:
+        _fail(p.message())
 
 
 def main():

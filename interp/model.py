@@ -193,9 +193,11 @@ class Model:
             raise ValueError(
                 f"prompt of {ids.shape[1]} tokens is longer than {self.name}'s context of {self.shape.n_ctx}; "
                 "truncate it or pick a model with a longer context")
-        hi = int(ids.max())
-        if hi >= self.shape.d_vocab or int(ids.min()) < 0:
-            raise ValueError(f"token id {hi} is outside the vocabulary of {self.shape.d_vocab}")
+        bad = ids[(ids < 0) | (ids >= self.shape.d_vocab)]
+        if bad.numel():
+            pos = tuple(int(i) for i in ((ids < 0) | (ids >= self.shape.d_vocab)).nonzero()[0])
+            raise ValueError(f"token id {int(bad[0])} at [batch, pos] = {pos} is outside the vocabulary "
+                             f"[0, {self.shape.d_vocab}) of {self.name}")
 
     # --- running -----------------------------------------------------------------------------------------
     def w_o(self, layer: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -233,6 +235,9 @@ class Model:
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
         self.check_tokens(ids)
+        from .plan import check_run
+
+        check_run(self, ids.shape[1], ids.shape[0])  # refuse up front what cannot fit (interp.plan)
         from .hooks import interp_attention_active
 
         with interp_attention_active(self):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
+from . import folder
 from .config import ReportError, check_options, load_config  # noqa: F401  (load_config: public via interp.report)
 from .manifest import interp_version
 
@@ -111,9 +111,9 @@ def _prepare_out(out: Path, model_name: str, *, force: bool) -> tuple[dict | Non
         prev = io.read_json(out / "run.json")
     elif (out / "manifest.json").exists():
         prev = io.read_json(out / "manifest.json")
-    elif any(p for p in out.iterdir() if not p.name.startswith(".")) and not force:
-        raise ReportError(f"output folder {out} is not empty and is not an interp report folder; "
-                          "choose an empty --out or pass --force to write into it")
+    elif any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise ReportError(f"output folder {out} is not empty and is not an interp report folder; choose an "
+                          "empty --out (--force replaces interp's own files only, never a folder's other files)")
     if prev is not None:
         why = []
         if prev.get("model") != model_name:
@@ -129,13 +129,7 @@ def _prepare_out(out: Path, model_name: str, *, force: bool) -> tuple[dict | Non
 
 
 def _clear_run(out: Path) -> None:
-    for name in [PARTS, "official", "tables"]:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-    for name in ["run.json", "manifest.json", "scores.parquet", "scores.csv", "per_token.parquet",
-                 "report.html", "roles.parquet"]:
-        if (out / name).exists():
-            (out / name).unlink()
+    folder.clear_own(out)  # interp's own files only (run.json, manifest.json, what the manifest lists, parts)
 
 
 def params_hash(analysis: str, params: dict, seed: int, model) -> str:
@@ -169,6 +163,24 @@ def check_model_params(model, per_params: dict) -> None:
             p.check_model(model, f"params.{name}")
         except ParamError as e:
             raise ReportError(str(e)) from None
+    _check_memory_plan(model, per_params)
+
+
+def _check_memory_plan(model, per_params: dict) -> None:
+    """Each analysis's forward at its ``n_tokens`` × ``batch_size`` against the memory plan (``interp.plan``),
+    before any analysis runs (a model served by workers is checked there, at its first forward)."""
+    from interp.model import Model
+    from interp.plan import PlanError, check_run
+
+    if not isinstance(model, Model):
+        return
+    for name, p in per_params.items():
+        n, b = getattr(p, "n_tokens", None), getattr(p, "batch_size", None) or 1
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0 and isinstance(b, int):
+            try:
+                check_run(model, n, b, analyses=[name])
+            except PlanError as e:
+                raise ReportError(f"params.{name}: {e}") from None
 
 
 def _load_part(parts: Path, name: str, h: str):
@@ -378,7 +390,6 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
 
 def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, top_k, command, progress,
                 static, executor) -> ReportResult:
-    from tqdm.auto import tqdm
 
     from interp.analyses import registry
 
@@ -392,15 +403,33 @@ def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, 
     per_params = _prepare_params(names, specs, params, n_tokens)
     model_name = model.name if not isinstance(model, str) else expected_model_name(model)
     created = not out.exists()
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"output path {out} exists and is not a folder")
+    try:
+        held = folder.lock(out)  # one writer for the whole run
+    except OSError as e:
+        raise ReportError(f"output folder {out} is not writable ({e.strerror or e}); choose another --out") from None
+    except ReportError:
+        _remove_if_new(out, created)
+        raise
+    try:
+        return _run_locked(model, model_name, names, specs, per_params, out, created, t_start, seed=seed,
+                           resume=resume, force=force, top_k=top_k, command=command, progress=progress,
+                           static=static, n_tokens=n_tokens, executor=executor)
+    finally:
+        held.release()
+        _remove_if_new(out, created)  # a new folder that is still empty (the model failed to load)
+
+
+def _run_locked(model, model_name, names, specs, per_params, out, created, t_start, *, seed, resume, force,
+                top_k, command, progress, static, n_tokens, executor) -> ReportResult:
+    from tqdm.auto import tqdm
+
     prev, replace = _prepare_out(out, model_name, force=force)
     t0 = time.perf_counter()
     model = _load_model(model, out, created) if executor is None else executor.start_for_report(out, created)
     load_seconds = time.perf_counter() - t0
-    try:
-        check_model_params(model, per_params)
-    except ReportError:
-        _remove_if_new(out, created)
-        raise
+    check_model_params(model, per_params)
     if replace:  # --force over a run of another model / interp version: only now that every check passed
         _clear_run(out)
     if prev is not None and prev.get("weights_hash") != model.weights_hash:
@@ -409,8 +438,9 @@ def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, 
                               f"{prev.get('weights_hash')}, not {model.weights_hash}; choose another --out "
                               "or pass --force to replace it")
         _clear_run(out)
-    if not resume and (out / PARTS).is_dir():
-        shutil.rmtree(out / PARTS)
+    if not resume:  # recompute this run's analyses; other analyses' parts stay
+        folder.clear_own(out, names)
+    previous = io.read_json(out / "manifest.json") if (out / "manifest.json").is_file() else {}
     io.write_json(out / "run.json", {"model": model.name, "weights_hash": model.weights_hash,
                                      "interp_version": interp_version()})
 
@@ -433,13 +463,24 @@ def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, 
         official[name] = meta.get("official", [])
         data += _data_entries(spec, p)
     bar.close()
-    scores, extra = _write_tables(out, names, parts)
+    plain = {n: p.to_dict() for n, p in per_params.items()}
+    seeds = {n: seed for n in names}
+    others = folder.other_parts(out, names, previous.get("analyses", []))
+    for name in others:  # the folder is the union of the analyses run into it
+        meta = folder.part_meta(out, name)
+        parts[name] = {t: pd.read_parquet(out / PARTS / f"{name}.{t}.parquet") for t in meta["tables"]}
+        timings[name] = {"seconds": meta.get("seconds"), "resumed": True, "earlier_run": True}
+        official[name] = meta.get("official", [])
+        plain[name], seeds[name] = meta.get("params", {}), previous.get("seeds", {}).get(name, previous.get("seed"))
+        data += [d for d in previous.get("data_files", []) if d.get("analysis") == name]
+    own_before = folder.own_files(out)
+    scores, extra = _write_tables(out, names + others, parts)
+    folder.prune_tables(out, extra, own_before)
     from .roles import assign_roles
 
     roles = assign_roles(scores, model.shape)
     io.write_parquet(out / "roles.parquet", roles)
 
-    plain = {n: p.to_dict() for n, p in per_params.items()}
     t0 = time.perf_counter()
     io.write_html(out / "report.html", _render_page(model, scores, roles, plain, top_k=top_k, static=static,
                                                     n_tokens=n_tokens, executor=executor))
@@ -447,10 +488,14 @@ def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, 
     from .manifest import build_manifest
 
     manifest = build_manifest(
-        model=model, analyses=names, params=plain, seed=seed, timings=timings, data_files=data,
+        model=model, analyses=names + others, params=plain, seed=seed, timings=timings, data_files=data,
         official=official, tables=extra, command=command if command is not None else sys.argv,
         extra_timings={"load_model": round(load_seconds, 3), "report_html": round(html_seconds, 3),
                        "total": round(time.perf_counter() - t_start, 3)})
+    manifest["seeds"] = seeds
+    manifest["files"] = sorted({f for n in names + others for f in folder.part_files(out, n)}
+                               | {f for f in folder.TOP_FILES if (out / f).is_file()} | set(extra)
+                               | {"manifest.json"})
     if executor is not None:
         manifest["cluster"] = executor.summary()
     io.write_json(out / "manifest.json", manifest)

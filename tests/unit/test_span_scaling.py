@@ -54,6 +54,16 @@ def test_elastic_fit_recovers_planted():
     assert fit["r2"][1:].min() > 0.999
     exact = S.elastic_fit(n, spans)
     assert np.allclose(exact["beta"], beta, atol=1e-10)
+    spans[2, 1, 1] = np.nan  # a pure-sink head at one length: no fit for it, the others unchanged
+    part = S.elastic_fit(n, spans)
+    assert np.isnan(part["beta"][1, 1]) and np.allclose(np.delete(part["beta"].ravel(), 5), np.delete(beta.ravel(), 5))
+
+
+def test_pure_sink_rows_are_skipped(model):
+    ids = torch.randint(2, 64, (1, 64), generator=torch.Generator().manual_seed(1))
+    st = S.spans_by_length(model, ids, [32, 64], tail=8, min_rest=0.0)
+    everything = S.spans_by_length(model, ids, [32, 64], tail=8, min_rest=0.999999)
+    assert torch.isfinite(st["span_nonsink"]).all() and torch.isnan(everything["span_nonsink"]).all()
 
 
 def test_run_scores_and_params(model):
