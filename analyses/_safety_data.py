@@ -1,7 +1,7 @@
 """Prompts for the safety-head analyses (Zhou et al., "On the Role of Attention Heads in Large Language Model
 Safety", ICLR 2025): the built-in harmful / harmless request sets, the paper's prompt template and the chat
-template, tokenisation with clear errors, and the per-batch-row head-ablation hooks shared by ``ships``,
-``sahara`` and ``refusal``.
+template, tokenisation with clear errors, and the head ablations (intervention values; ``row_ablation_handlers`` for
+one head set per batch row) shared by ``ships``, ``sahara`` and ``refusal``.
 
 Data (``interp/data/safety/``, attribution in ``interp/data/README.md``): ``advbench`` (520 AdvBench harmful
 behaviours, from llm-attacks), ``maliciousinstruct`` (100), ``harmless`` (50 benign requests phrased like
@@ -136,49 +136,50 @@ def check_heads(model, heads) -> list[tuple[int, int]]:
     return out
 
 
-def row_ablation_handlers(model, row_sets: Sequence[Sequence[tuple[int, int]]], *, method: str = "scale",
-                          eps: float = 1e-5, attention_mask: torch.Tensor | None = None) -> dict:
-    """Hook handlers ``{Site: fn}`` ablating head set ``row_sets[r]`` in batch row ``r`` only.
-
-    ``row_sets``: one list of ``(layer, head)`` per batch row (empty = clean row). ``"scale"`` hooks
-    ``Site(layer, "q")`` (handler sees q ``[batch, pos, head, d_head]`` post-RoPE) and multiplies
-    ``q[rows, :, heads]`` by ``eps``; ``"zero"``/``"mean"`` hook ``Site(layer, "z")`` (``[batch, pos, head,
-    d_head]``). ``attention_mask [batch, pos]`` (left padding) restricts the mean to real positions. Under
-    generation with a KV cache the q hook sees only the new positions, which is what q scaling needs; the mean
-    ablation then averages over the positions of the current step only.
-    """
+def head_ablation(layer: int, head: int, *, method: str = "scale", eps: float = 1e-5,
+                  attention_mask: torch.Tensor | None = None):
+    """The intervention ablating head ``L{layer}H{head}`` (see the module docstring): ``"scale"`` =
+    ``Scale(Site(layer, "q", head), eps)``, ``"zero"`` = ``Zero(Site(layer, "z", head))``, ``"mean"`` =
+    ``PositionMean(Site(layer, "z", head), attention_mask)`` (``attention_mask [batch, pos]`` of the rows it
+    acts on)."""
+    from interp.ablations import PositionMean
+    from interp.interventions import Scale, Zero
     from interp.sites import Site
 
     check_method(method, eps)
-    by_layer: dict[int, tuple[list[int], list[int]]] = {}
+    if method == "scale":
+        return Scale(Site(layer, "q", head), float(eps))
+    if method == "zero":
+        return Zero(Site(layer, "z", head))
+    return PositionMean(Site(layer, "z", head), attention_mask)
+
+
+def set_ablation(model, heads, *, method: str = "scale", eps: float = 1e-5,
+                 attention_mask: torch.Tensor | None = None) -> list:
+    """The interventions ablating every head of ``heads`` (``[(layer, head), ...]``, validated)."""
+    return [head_ablation(layer, head, method=method, eps=eps, attention_mask=attention_mask)
+            for layer, head in check_heads(model, heads)]
+
+
+def row_ablation_handlers(model, row_sets: Sequence[Sequence[tuple[int, int]]], *, method: str = "scale",
+                          eps: float = 1e-5, attention_mask: torch.Tensor | None = None) -> dict:
+    """Hook handlers ``{Site: [fn]}`` ablating head set ``row_sets[r]`` in batch row ``r`` only.
+
+    ``row_sets``: one list of ``(layer, head)`` per batch row (empty = clean row); rows sharing a set share one
+    ``interp.row_interventions.OnRows`` of ``set_ablation``. ``attention_mask [batch, pos]`` (left padding)
+    restricts the mean to real positions. Under generation with a KV cache the q hook sees only the new
+    positions, which is what q scaling needs; the mean ablation then averages over the current step only.
+    """
+    from interp.interventions import compile_interventions
+    from interp.row_interventions import OnRows
+
+    check_method(method, eps)
+    rows_of: dict[tuple, list[int]] = {}
     for r, heads in enumerate(row_sets):
-        for layer, head in check_heads(model, heads):
-            rows, hs = by_layer.setdefault(layer, ([], []))
-            rows.append(r)
-            hs.append(head)
-    n_rows = len(row_sets)
-    handlers = {}
-    for layer, (rows, hs) in by_layer.items():
-        ri, hi = torch.tensor(rows), torch.tensor(hs)
-
-        def fn(x, site, ri=ri, hi=hi):
-            if x.shape[0] != n_rows:
-                raise ValueError(f"ablation hooks were built for {n_rows} batch rows but the forward has "
-                                 f"{x.shape[0]}; build them for this batch")
-            x = x.clone()
-            if method == "scale":
-                x[ri, :, hi] = x[ri, :, hi] * eps
-            elif method == "zero":
-                x[ri, :, hi] = 0
-            else:
-                if attention_mask is not None and attention_mask.shape[1] == x.shape[1]:
-                    w = attention_mask.to(x.device, x.dtype)[ri][:, :, None]  # [n, pos, 1]
-                else:
-                    w = torch.ones(len(ri), x.shape[1], 1, dtype=x.dtype, device=x.device)
-                sel = x[ri, :, hi]  # [n, pos, d_head]
-                mean = (sel * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1)
-                x[ri, :, hi] = mean.expand_as(sel)
-            return x
-
-        handlers[Site(layer, "q" if method == "scale" else "z")] = fn
-    return handlers
+        key = tuple(check_heads(model, heads))
+        if key:
+            rows_of.setdefault(key, []).append(r)
+    items = [OnRows(set_ablation(model, key, method=method, eps=eps,
+                                 attention_mask=None if attention_mask is None else attention_mask[rows]), rows)
+             for key, rows in rows_of.items()]
+    return compile_interventions(model, items)

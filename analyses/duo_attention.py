@@ -18,7 +18,7 @@ The gated attention is a dense (eager) attention function registered with transf
 for training at ~1K tokens. ``streaming_proxy`` gives the statistics-engine proxy (attention mass outside
 sink + recent per KV head, mean over its query heads) to compare with α by Spearman correlation; per-query-head
 scores such as retrieval scores are reduced to KV heads by ``kv_aggregate`` (max or mean over the group).
-``benchmarks/duo_compare.py`` trains α on the real model and writes the comparison.
+``experiments/duo_compare.py`` trains α on the real model and writes the comparison.
 Validated in ``tests/unit/test_duo_attention.py``: α = 1 reproduces SDPA causal attention, α = 0 equals a
 dense float64 sink+recent masked computation, and TSV round trip.
 """

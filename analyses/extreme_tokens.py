@@ -17,8 +17,8 @@ Formulas (per sample; head h of layer l reads KV head g(h); W_O^h = the d_head c
 
 Setting z to v_0 is *exactly* the output of a head attending only to token 0 (one-hot on key 0), so no pattern is
 materialised. A head is dormant on a domain when |Δloss| < ``tol`` (default 0.01 nats) and active otherwise.
-Heads are intervened one at a time, but in one forward per layer: the batch holds one copy of the inputs per
-head and copy c intervenes head c.
+Heads are intervened one at a time, packed into batched forwards by ``interp.variants.run_variants`` (one copy
+of the inputs per head, the layers below a chunk's first edited layer run once).
 
 Validation: ``tests/unit/test_sinks_extreme.py`` checks the drain ratio against a direct float64 computation from
 the o_proj weight and cached v, the massive-activation rule on a planted tensor, and that the v_0 replacement
@@ -76,10 +76,9 @@ def value_drains(model, ids: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(s.n_layers, ids.shape[0], s.n_heads, dtype=torch.float64)
     for layer in range(s.n_layers):
         v = cache[Site(layer, "v")].double()  # [batch, pos, kv_head, d_head]
-        w_o = model.arch.attn(layer).o_proj.weight.detach().double()  # [d_model, head * d_head]
+        w_o = model.w_o(layer, torch.float64)  # [head, d_head, d_model]
         for h in range(s.n_heads):
-            w = w_o[:, h * s.d_head:(h + 1) * s.d_head]  # [d_model, d_head]
-            norms = (v[:, :, s.kv_head_of(h)] @ w.T).norm(dim=-1)  # [batch, pos]
+            norms = (v[:, :, s.kv_head_of(h)] @ w_o[h]).norm(dim=-1)  # [batch, pos]
             out[layer, :, h] = norms[:, 0] / norms[:, 1:].mean(-1).clamp_min(1e-30)
     return out
 
@@ -113,42 +112,25 @@ def residual_stats(model, ids: torch.Tensor, *, abs_min: float = 100.0, ratio: f
     return norms, counts, found
 
 
-def _z_to_v0(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
-    """Per-sample loss ``[head, batch]`` with head c's z replaced by v_0 of its KV head in batch copy c."""
+def dormant_dloss(model, ids: torch.Tensor, *, layers=None, memory_budget_mb: float = 1024) -> torch.Tensor:
+    """Δloss ``[layer, head]`` (mean over samples ``ids [batch, pos]``) of moving each head's attention entirely
+    to token 0 (``interp.ablations.AttendToKey``, one ``run_variants`` variant per head)."""
+    from interp.ablations import AttendToKey
     from interp.metrics import next_token_loss
-    from interp.sites import Site
+    from interp.variants import run_variants
 
     s = model.shape
-    B = ids.shape[0]
-    big = ids.repeat(s.n_heads, 1)  # copy c = rows c*B .. (c+1)*B-1
-    v0 = {}
-
-    def grab_v(v, site):  # [batch, pos, kv_head, d_head]
-        v0["v"] = v[:, 0].detach()
-
-    def set_z(z, site):  # [batch, pos, head, d_head]
-        z = z.clone()
-        for c in range(s.n_heads):
-            rows = slice(c * B, (c + 1) * B)
-            z[rows, :, c] = v0["v"][rows, None, s.kv_head_of(c)].to(z.dtype)
-        return z
-
-    with torch.no_grad(), model.hooks({Site(layer, "v"): grab_v, Site(layer, "z"): set_z}):
-        logits = model.forward(big).logits
-    return next_token_loss(logits, big).view(s.n_heads, B)
-
-
-def dormant_dloss(model, ids: torch.Tensor, *, layers=None) -> torch.Tensor:
-    """Δloss ``[layer, head]`` (mean over samples) of moving each head's attention entirely to token 0."""
-    from interp.metrics import next_token_loss
-
-    s = model.shape
-    with torch.no_grad():
-        base = next_token_loss(model.forward(ids).logits, ids)  # [batch]
     layers = range(s.n_layers) if layers is None else layers
+    heads = [(layer, h) for layer in layers for h in range(s.n_heads)]
     out = torch.full((s.n_layers, s.n_heads), float("nan"), dtype=torch.float64)
-    for layer in layers:
-        out[layer] = (_z_to_v0(model, ids, layer) - base[None]).mean(1)
+    if not heads:
+        return out
+    loss = lambda o: next_token_loss(o.logits, o.ids)  # noqa: E731  [batch]
+    base = run_variants(model, ids, [[]], loss)[0]
+    moved = run_variants(model, ids, [[AttendToKey(layer, h, 0)] for layer, h in heads], loss,
+                         memory_budget_mb=memory_budget_mb)  # [head, batch]
+    for (layer, h), d in zip(heads, (moved - base[None]).mean(1).tolist()):
+        out[layer, h] = d
     return out
 
 

@@ -130,11 +130,11 @@ def induction_probe(model, n_samples: int = 8, half: int = 100, seed: int = 0) -
 
 def loss_with_zeroed_heads(model, ids: torch.Tensor, heads, from_pos: int = 0) -> float:
     """Mean next-token loss (targets after ``from_pos``) with the z of every ``(layer, head)`` zeroed."""
+    from interp.interventions import Zero
     from interp.metrics import mean_next_token_loss
     from interp.sites import Site
 
-    hooks = {Site(layer, "z", h): (lambda x, s: torch.zeros_like(x)) for layer, h in heads}
-    with torch.no_grad(), model.hooks(hooks):
+    with torch.no_grad(), model.intervene(*[Zero(Site(layer, "z", h)) for layer, h in heads]):
         logits = model.forward(ids).logits
     return float(mean_next_token_loss(logits, ids, from_pos=from_pos))
 
@@ -142,24 +142,17 @@ def loss_with_zeroed_heads(model, ids: torch.Tensor, heads, from_pos: int = 0) -
 def ablation_check(model, scores: torch.Tensor, ids: torch.Tensor, *, k: int = 5, n_random: int = 5,
                    seed: int = 0) -> dict:
     """Loss rise on the repeated half of ``ids [batch, 2 * half]`` when zeroing the top-``k`` heads of
-    ``scores [layer, head]`` vs ``k`` random heads (mean over ``n_random`` draws)."""
-    import random
+    ``scores [layer, head]`` vs ``k`` random heads (mean over ``n_random`` draws): ``interp.heads.causal_check``
+    as a dict (``CausalCheck.to_dict``)."""
+    from interp.heads import causal_check
+    from interp.interventions import Zero
+    from interp.metrics import mean_next_token_loss
+    from interp.sites import Site
 
     half = ids.shape[1] // 2
-    n_layers, n_heads = scores.shape
-    base = loss_with_zeroed_heads(model, ids, [], half)
-    order = torch.argsort(scores.flatten(), descending=True).tolist()
-    top = [(i // n_heads, i % n_heads) for i in order[:k]]
-    d_top = loss_with_zeroed_heads(model, ids, top, half) - base
-    rng = random.Random(seed)
-    draws = []
-    for _ in range(n_random):
-        pick = [(i // n_heads, i % n_heads) for i in rng.sample(range(n_layers * n_heads), k)]
-        draws.append(loss_with_zeroed_heads(model, ids, pick, half) - base)
-    d_rand = sum(draws) / len(draws)
-    return {"base_loss": base, "top_heads": [f"L{a}H{b}" for a, b in top], "dloss_top": d_top,
-            "dloss_random": d_rand, "dloss_random_draws": draws,
-            "ratio": d_top / d_rand if d_rand > 0 else float("inf")}
+    return causal_check(model, ids, scores, lambda layer, h: Zero(Site(layer, "z", h)),
+                        lambda o: mean_next_token_loss(o.logits, o.ids, from_pos=half),
+                        k=k, n_random=n_random, seed=seed).to_dict()
 
 
 def run(model, params: TaxonomyParams | dict | None = None, out_dir=None) -> dict:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from interp.arch import head_outputs
 from interp.params import Params, param
 from interp.scores import ScoreTable
 from interp.sites import Site
@@ -52,8 +53,7 @@ def suffix_head_outputs(model, ids: torch.Tensor, n_suffix: int, **forward_kw) -
         model.forward(ids, **forward_kw)
     outs = []
     for layer in range(s.n_layers):
-        w_o = model.arch.attn(layer).o_proj.weight.float().view(s.d_model, s.n_heads, s.d_head)
-        outs.append(torch.einsum("thd,mhd->thm", kept[layer], w_o))
+        outs.append(head_outputs(kept[layer], model.w_o(layer, torch.float32)))
     return torch.stack(outs)
 
 
@@ -125,9 +125,10 @@ def context_divergence(model, samples, *, n_generate: int = 8, generated_only: b
 
 
 def top_heads(scores: pd.DataFrame, score: str, k: int = 10) -> list[tuple[int, int]]:
-    """The k (layer, head) pairs with the largest value of ``score``."""
-    sub = scores[(scores["score"] == score) & (scores["head"] >= 0)].nlargest(k, "value")
-    return list(zip(sub["layer"].astype(int), sub["head"].astype(int)))
+    """The k (layer, head) pairs with the largest value of ``score`` (``interp.heads.top_heads``)."""
+    from interp import heads
+
+    return heads.top_heads(scores, k, score=score)
 
 
 @dataclass(frozen=True)

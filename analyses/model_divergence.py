@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from interp.arch import head_outputs
 from interp.capture import Capture
 from interp.params import ParamError, Params, check_context, param
 from interp.scores import ScoreTable
@@ -112,10 +113,8 @@ def model_divergence(model_a, ids: torch.Tensor, *, model_b=None, interventions_
         direction_b = model_b.arch.lm_head.weight.float()[answer] - model_b.arch.lm_head.weight.float()[wrong]
         ga, gb = _final_norm_scale(model_a, fa["r"]), _final_norm_scale(model_b, fb["r"])
     for layer in layers:
-        wa = model_a.arch.attn(layer).o_proj.weight.float().view(s.d_model, s.n_heads, s.d_head)
-        wb = model_b.arch.attn(layer).o_proj.weight.float().view(s.d_model, s.n_heads, s.d_head)
-        oa = torch.einsum("thd,mhd->thm", za[layer], wa)
-        ob = torch.einsum("thd,mhd->thm", zb[layer], wb)
+        oa = head_outputs(za[layer], model_a.w_o(layer, torch.float32))  # [pos, head, d_model]
+        ob = head_outputs(zb[layer], model_b.w_o(layer, torch.float32))
         out_rel[layer] = ((oa - ob).norm(dim=-1) / oa.norm(dim=-1).clamp_min(1e-12)).mean(0)
         if want_dla:
             dla[layer] = (ob[-1] * gb) @ direction_b - (oa[-1] * ga) @ direction_a

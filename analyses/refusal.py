@@ -2,8 +2,8 @@
 Language Model Safety", ICLR 2025), and the ``safety`` report run (Ships → Sahara → refusal check).
 
 Generation: greedy, ``max_new_tokens`` (default 32), batched with left padding, by ``interp.generation.generate``
-(stops at the tokenizer's end-of-sequence token) with the head ablation as hook handlers in every forward
-(``analyses._safety_data.row_ablation_handlers``; with the KV cache the q hook sees only the new positions,
+(stops at the tokenizer's end-of-sequence token) with the head ablation as interventions in every forward
+(``analyses._safety_data.set_ablation``; with the KV cache the q hook sees only the new positions,
 which is all that q scaling needs; ``"mean"`` ablation generates without the cache so the mean spans the
 whole sequence).
 
@@ -26,12 +26,12 @@ McNemar against binomial sums by hand, first-token log-probs against weight surg
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from interp.heads import random_heads
 from interp.params import ParamError, Params, param
 
 from ._safety_data import (
@@ -42,7 +42,7 @@ from ._safety_data import (
     check_method,
     encode,
     load_prompts,
-    row_ablation_handlers,
+    set_ablation,
 )
 
 GCG_TEST_PREFIXES = (
@@ -92,10 +92,9 @@ def generate(model, prompts: str | Sequence[str], *, template: str = "chat", max
     out, first = [], []
     for start in range(0, len(rows), batch_size):
         ids, mask = pad_batch(model, rows[start:start + batch_size])
-        handlers = row_ablation_handlers(model, [heads] * ids.shape[0], method=method, eps=eps,
-                                         attention_mask=mask) if heads else {}
+        ablation = set_ablation(model, heads, method=method, eps=eps, attention_mask=mask)
         gen = greedy(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, stop="eos", eos=eos,
-                     handlers=handlers, use_cache=method != "mean" or not heads,
+                     interventions=ablation, use_cache=method != "mean" or not heads,
                      on_step=first_lp if return_first_logprobs else None)
         if return_first_logprobs:
             first.append(gen.captures[0])
@@ -148,13 +147,6 @@ def mcnemar_exact_p(b: int, c: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail)
-
-
-def random_heads(model, k: int, *, seed: int = 0, exclude: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-    """``k`` distinct random heads (a control set), avoiding ``exclude``."""
-    s = model.shape
-    pool = [(layer, h) for layer in range(s.n_layers) for h in range(s.n_heads) if (layer, h) not in set(exclude)]
-    return sorted(random.Random(seed).sample(pool, k))
 
 
 # --- the report entry ("safety" in interp.analyses.registry) ---------------------------------------------------

@@ -130,6 +130,50 @@ _SPECS = [
         run="interp.analyses.duo_attention:run", params="interp.analyses.duo_attention:DuoParams",
         official_outputs="interp.analyses.duo_attention:write_official",
         data_files="interp.analyses.retrieval:data_files", in_default=False),
+    AnalysisSpec(
+        "composition", "Weight-space Q/K/V composition between heads (Elhage et al. 2021), GQA-native, random "
+        "baseline subtracted; OV copying score, QK token and RoPE-frequency structure",
+        run="interp.analyses.composition:run", params="interp.analyses.composition:CompositionParams",
+        in_default=False),
+    AnalysisSpec(
+        "span_scaling", "Attention span and recent-window mass per head vs context length (512 → 8192), elastic "
+        "fit S_h(N) = α_h + β_h N (MoA, Fu et al. 2024; LongHeads)",
+        run="interp.analyses.span_scaling:run", params="interp.analyses.span_scaling:SpanScalingParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
+    AnalysisSpec(
+        "head_similarity", "Head similarity: pairwise attention JS (two-run divergence kernel), EchoAtt cross-layer "
+        "similarity, HyLRA top-k overlap, ProxyAttn pooled proxy heads, average-linkage clusters",
+        run="interp.analyses.head_similarity:run", params="interp.analyses.head_similarity:HeadSimilarityParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
+    AnalysisSpec(
+        "heterogeneity", "Semantic heterogeneity (Task-KV, He et al. 2025): each head's output distance from its "
+        "layer's mean head output at the answer position of the needle QA prompts",
+        run="interp.analyses.heterogeneity:run", params="interp.analyses.heterogeneity:HeterogeneityParams",
+        data_files="interp.analyses.retrieval:data_files"),
+]
+
+_SPECS += [
+    AnalysisSpec(
+        "zerotuning", "ZeroTuning (Han et al. 2025): per-head γ sweep of first-token attention, consistent-sign "
+        "head selection, supervised / unsupervised γ; accuracy vs random heads on the calibration sets",
+        run="interp.analyses.zerotuning:run", params="interp.analyses.zerotuning:ZeroTuningParams",
+        data_files="interp.analyses.zerotuning:data_files", in_default=False),
+    AnalysisSpec(
+        "act", "ACT (Yu et al. 2024): hidden-sink attention calibration with greedy head selection; accuracy vs "
+        "random heads on the calibration sets",
+        run="interp.analyses.act:run", params="interp.analyses.act:ActParams",
+        data_files="interp.analyses.act:data_files", in_default=False),
+    AnalysisSpec(
+        "attention_redistribution", "VAR (Kang et al. 2025) on text: sink attention redistributed onto a marked "
+        "passage in the heads that attend to it; context-QA accuracy vs random heads",
+        run="interp.analyses.attention_redistribution:run",
+        params="interp.analyses.attention_redistribution:RedistributionParams",
+        data_files="interp.analyses.attention_redistribution:data_files", in_default=False),
+    AnalysisSpec(
+        "context_attention", "Per-head attention on a marked context with vs without the chat template, and "
+        "steering the heads that lose it (context-awareness loss after instruction tuning)",
+        run="interp.analyses.context_attention:run", params="interp.analyses.context_attention:ContextAttentionParams",
+        data_files="interp.analyses.context_attention:data_files", in_default=False),
 ]
 
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}

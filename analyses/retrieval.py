@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from interp.capture import Capture
+from interp.heads import random_heads
 from interp.params import ParamError, Params, check_context, param
 
 from .niah import rouge1_recall
@@ -190,13 +191,11 @@ def retrieval_head_scores(counter: dict, n_layers: int, n_heads: int) -> np.ndar
 
 
 def top_heads(scores, *, threshold: float | None = 0.1, k: int | None = None) -> list[tuple[int, int]]:
-    """Heads ``(layer, head)`` by descending score: those above ``threshold`` and/or the top ``k``."""
-    s = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
-    order = np.argsort(-s, axis=None, kind="stable")
-    heads = [tuple(int(x) for x in np.unravel_index(i, s.shape)) for i in order]
-    if threshold is not None:
-        heads = [(l, h) for l, h in heads if s[l, h] > threshold]
-    return heads[:k] if k is not None else heads
+    """Heads ``(layer, head)`` by descending score: those above ``threshold`` and/or the top ``k``
+    (``interp.heads.top_heads`` with the paper's threshold 0.1 as default)."""
+    from interp import heads
+
+    return heads.top_heads(scores, k, threshold=threshold)
 
 
 def save_retrieval_json(counter: dict, path) -> None:
@@ -226,9 +225,17 @@ def load_retrieval_json(path) -> dict[str, list[float]]:
 
 # --- sweep, causal check and the report entry ------------------------------------------------------------
 
+def uniform_attention(heads, eps: float = 1e-5) -> list:
+    """The paper's masking of ``heads`` [(layer, head)] as intervention values: ``UniformAttention`` (the head's
+    post-RoPE query scaled by ``eps``, so its attention is almost exactly uniform over its causal prefix)."""
+    from interp.interventions import UniformAttention
+
+    return [UniformAttention(int(l), head=int(h), eps=eps) for l, h in heads]
+
+
 def uniform_attention_handlers(heads, eps: float = 1e-5) -> dict:
-    """Hooks masking ``heads`` [(layer, head)] as the paper does: the head's post-RoPE query is scaled by
-    ``eps`` so its attention is (almost exactly) uniform over its causal prefix."""
+    """Deprecated (no model, so the sites are not validated): hooks doing what ``uniform_attention(heads, eps)``
+    does; use ``model.intervene(*uniform_attention(heads))`` or ``generate(interventions=...)``."""
     from interp.sites import Site
 
     return {Site(int(l), "q", int(h)): (lambda x, site: x * eps) for l, h in heads}
@@ -249,7 +256,9 @@ def niah_sweep(model, *, lengths, depths, needles=None, max_new_tokens: int = 50
     if stop_rule not in STOP_RULES:
         raise ValueError(f"unknown stop_rule {stop_rule!r}; choose one of {', '.join(map(repr, STOP_RULES))}")
     masked = sorted((int(l), int(h)) for l, h in masked_heads)
-    handlers = uniform_attention_handlers(masked) if masked else None
+    from interp.interventions import compile_interventions
+
+    handlers = compile_interventions(model, uniform_attention(masked)) if masked else None
     meta = {"max_new_tokens": max_new_tokens, "masked": [list(x) for x in masked], "capture": capture}
     if stop_rule != "newline":  # the default is left out so checkpoints written before stop rules still resume
         meta["stop_rule"] = stop_rule
@@ -265,7 +274,8 @@ def causal_check(model, scores, *, k: int, lengths, depths, needles=None, n_rand
     """NIAH accuracy (share of samples with ROUGE-1 recall > 0.5) with no head masked, with the top-``k``
     retrieval heads masked, and with ``k`` random non-retrieval heads (score ≤ ``threshold``) masked.
 
-    Random draws: one per seed in ``seeds`` (draw i samples from ``default_rng(seeds[i])``); default
+    Random draws: one per seed in ``seeds`` (draw i is ``interp.heads.random_heads(seed=seeds[i])`` over the
+    non-retrieval heads); default
     ``seeds = [seed, seed + 1, …]`` (``n_random`` of them). ``scores``: ``[layer, head]`` retrieval scores;
     ``baseline``: records of an unmasked run on the same grid (reused instead of decoding again).
     ``checkpoint_prefix``: each condition checkpoints its samples to ``{prefix}_{top|rand_s<seed>}.jsonl``
@@ -282,9 +292,10 @@ def causal_check(model, scores, *, k: int, lengths, depths, needles=None, n_rand
     seeds = [seed + i for i in range(n_random)] if seeds is None else [int(x) for x in seeds]
     conds = [("none", None, [], "none")] if baseline is None else []
     conds.append((f"top-{k} retrieval", None, top, "top"))
+    retrieval_heads = [(l, h) for l in range(s.shape[0]) for h in range(s.shape[1]) if s[l, h] > threshold]
     for i, sd in enumerate(seeds):
-        pick = np.random.default_rng(sd).choice(len(non), size=k, replace=False)
-        conds.append((f"random-{k} non-retrieval #{i}", sd, sorted(non[j] for j in pick), f"rand_s{sd}"))
+        conds.append((f"random-{k} non-retrieval #{i}", sd, random_heads(model, k, exclude=retrieval_heads, seed=sd),
+                      f"rand_s{sd}"))
     rows = []
     if baseline is not None:
         rows.append(_acc_row("none", None, [], baseline))
@@ -308,19 +319,24 @@ def _acc_row(name, seed, heads, recs) -> dict:
 
 def run(model, params: RetrievalParams | dict | None = None, out_dir=None) -> dict:
     """Report entry: retrieval scores on the NIAH grid of ``params`` (``RetrievalParams``)."""
-    from interp.scores import ScoreTable
-
     p = RetrievalParams.coerce(params, where="retrieval")
     recs = niah_sweep(model, lengths=list(p.lengths), depths=list(p.depths), needles=list(p.needles),
                       max_new_tokens=p.max_new_tokens, checkpoint=p.checkpoint, buffer=p.buffer,
                       stop_rule=p.stop_rule)
+    return tables_from_records(recs, model.name, model.shape)
+
+
+def tables_from_records(recs, model_name: str, shape) -> dict:
+    """The report tables from per-sample records in grid order (``run``; ``interp.units`` merges with it)."""
+    from interp.scores import ScoreTable
+
     counter = head_counter(recs)
     n_kept = sum(r["kept"] for r in recs)
-    mat = retrieval_head_scores(counter, model.shape.n_layers, model.shape.n_heads)
+    mat = retrieval_head_scores(counter, shape.n_layers, shape.n_heads)
     scores = ScoreTable.concat([
-        ScoreTable.from_matrix(np.nan_to_num(mat), model=model.name, analysis="retrieval",
+        ScoreTable.from_matrix(np.nan_to_num(mat), model=model_name, analysis="retrieval",
                                score="retrieval_score", n_samples=n_kept),
-        ScoreTable.scalar(np.mean([r["kept"] for r in recs]), model=model.name, analysis="retrieval",
+        ScoreTable.scalar(np.mean([r["kept"] for r in recs]), model=model_name, analysis="retrieval",
                           score="niah_accuracy", n_samples=len(recs)),
     ])
     per_sample = pd.DataFrame([{k: v for k, v in r.items() if k != "scores"} for r in recs])

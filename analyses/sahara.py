@@ -10,7 +10,8 @@ and ``σ_i`` the singular values of ``U_r(H)ᵀ U_r(H̃_S)``, the principal angl
 
 Greedy forward selection (official ``search_step`` loop): start from ``S = ∅``; at each step add the head
 ``c ∉ S`` maximising ``angle(H, H̃_{S ∪ {c}})``; stop at ``set_size`` heads. All candidates of a step are
-evaluated in batched forwards (rows = candidate × prompt, left padding; each row ablates its own set).
+evaluated in batched forwards (``interp.variants.run_variants``: one variant per candidate set over all prompts,
+left padding).
 
 Validated in ``tests/unit/test_safety_sahara.py``: the angle against hand-built subspaces with a known
 principal angle, and the greedy selection against a brute-force reference (weight surgery, one prompt and one
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._safety_data import check_heads, check_method, encode, left_pad, load_prompts, row_ablation_handlers
-from .ships import ANALYSIS, all_heads, rows_per_chunk
+from interp.variants import run_variants, variants_per_chunk
+
+from ._safety_data import check_heads, check_method, encode, left_pad, load_prompts, set_ablation
+from .ships import ANALYSIS, all_heads
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor, r: int = 1) -> torch.Tensor:
@@ -48,37 +51,21 @@ def subspace_angle(a: torch.Tensor, b: torch.Tensor, r: int = 1) -> float:
 
 
 @torch.no_grad()
-def last_hidden_states(model, ids: torch.Tensor, attention_mask: torch.Tensor, row_sets=None, *,
-                       method: str = "scale", eps: float = 1e-5) -> torch.Tensor:
-    """Final-layer hidden state (after the final norm) at the last position: ``[batch, d_model]`` float64.
-
-    ``ids``, ``attention_mask``: ``[batch, pos]`` left-padded; ``row_sets``: one head list per row (or None).
-    """
-    from interp.batching import position_ids
-
-    handlers = row_ablation_handlers(model, row_sets, method=method, eps=eps,
-                                     attention_mask=attention_mask) if row_sets else {}
-    with model.hooks(handlers):
-        out = model.forward(ids, attention_mask, output_hidden_states=True, logits_to_keep=1,
-                            position_ids=position_ids(attention_mask).to(model.device))
-    return out.hidden_states[-1][:, -1].double().cpu()
-
-
-@torch.no_grad()
 def hidden_for_sets(model, ids: torch.Tensor, mask: torch.Tensor, sets: Sequence[Sequence[tuple[int, int]]], *,
                     method: str = "scale", eps: float = 1e-5, memory_budget_mb: float = 1024) -> torch.Tensor:
-    """``[set, prompt, d_model]`` last hidden states of every prompt (``ids``/``mask [prompt, pos]``) with each
-    head set ablated; (set, prompt) rows are batched by the memory budget."""
+    """``[set, prompt, d_model]`` float64 final-layer hidden states (after the final norm) at the last position
+    of every prompt (``ids``/``mask [prompt, pos]``, left-padded) with each head set ablated: one
+    ``run_variants`` variant per set; prompts are split into groups when one set's rows exceed the budget."""
     n = ids.shape[0]
-    pairs = [(s, p) for s in range(len(sets)) for p in range(n)]
-    per = rows_per_chunk(model, ids.shape[1] * 2, memory_budget_mb)  # ×2: all hidden states are kept
-    out = torch.empty(len(sets) * n, model.shape.d_model, dtype=torch.float64)
-    for start in range(0, len(pairs), per):
-        chunk = pairs[start:start + per]
-        rows = torch.tensor([p for _, p in chunk])
-        out[start:start + len(chunk)] = last_hidden_states(
-            model, ids[rows], mask[rows], [list(sets[s]) for s, _ in chunk], method=method, eps=eps)
-    return out.view(len(sets), n, -1)
+    fit = variants_per_chunk(model, 1, ids.shape[1], memory_budget_mb, logits_to_keep=1, hidden_states=True)
+    out = []
+    for start in range(0, n, fit):
+        g = slice(start, min(n, start + fit))
+        variants = [set_ablation(model, heads, method=method, eps=eps, attention_mask=mask[g]) for heads in sets]
+        out.append(run_variants(model, ids[g], variants, lambda o: o.hidden_states[-1][:, -1].double().cpu(),
+                                attention_mask=mask[g], memory_budget_mb=memory_budget_mb, logits_to_keep=1,
+                                hidden_states=True))
+    return torch.cat(out, dim=1)
 
 
 @dataclass

@@ -16,11 +16,11 @@ Dataset level (official ``ships_res_stats``): per head, ``ships_top10_count`` = 
 top-``k`` heads (k = 10) contain it and ``ships_top10_kl_sum`` = its KL summed over those queries; we also
 give ``ships_kl_sum`` / ``ships_kl_mean`` over all queries.
 
-All heads of a model are scored for a query in batched forwards: the query is replicated ``B`` times and row
-``r`` ablates head ``r`` (one q hook per layer scaling ``q[rows, :, heads]`` for the rows assigned to that
-layer), in chunks sized by a memory budget. Validated in ``tests/unit/test_safety_ships.py`` against a
-sequential loop of single-head ablations done by weight surgery (q_proj rows × eps / o_proj columns = 0),
-on tiny models and, marked slow, on a subset of the default model's heads.
+All heads of a model are scored for a query in batched forwards: each head's ablation is a variant of
+``interp.variants.run_variants`` (the query replicated, row ``r`` ablating head ``r``, chunks sized by the
+memory budget, the layers below a chunk's first ablated layer run once). Validated in
+``tests/unit/test_safety_ships.py`` against a sequential loop of single-head ablations done by weight surgery
+(q_proj rows × eps / o_proj columns = 0), on tiny models and, marked slow, on a subset of the default model's heads.
 """
 
 from __future__ import annotations
@@ -31,22 +31,11 @@ from dataclasses import dataclass
 import torch
 
 from interp.metrics import kl_div
+from interp.variants import run_variants
 
-from ._safety_data import check_heads, check_method, encode, load_prompts, row_ablation_handlers
+from ._safety_data import check_heads, check_method, encode, head_ablation, load_prompts
 
 ANALYSIS = "safety"
-
-
-def rows_per_chunk(model, n_pos: int, memory_budget_mb: float = 1024) -> int:
-    """How many replicated rows of ``n_pos`` tokens fit one forward under ``memory_budget_mb`` (rough
-    estimate of the live activations of one layer plus the last-position logits, fp32)."""
-    if not memory_budget_mb or memory_budget_mb <= 0:
-        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")
-    s = model.shape
-    d_mlp = getattr(getattr(model.hf.config, "text_config", None) or model.hf.config, "intermediate_size",
-                    4 * s.d_model)
-    per_row = 4 * (n_pos * (10 * s.d_model + 3 * d_mlp + 2 * s.n_heads * n_pos) + 2 * s.d_vocab)
-    return max(1, int(memory_budget_mb * 2**20 // per_row))
 
 
 @torch.no_grad()
@@ -75,7 +64,8 @@ def ships_kl(model, query: str | Sequence[int], *, heads: Sequence[tuple[int, in
     """Ships KL of each head for one query: ``[layer, head]`` float64 (NaN for heads not in ``heads``).
 
     ``query``: a request string (formatted with ``template``: "paper", "chat" or "none") or its token ids.
-    ``heads``: the heads to score (default all). Rows are batched ``min(max_rows, rows_per_chunk)`` at a time.
+    ``heads``: the heads to score (default all). At most ``max_rows`` heads (else as many as
+    ``memory_budget_mb`` allows) share one forward.
     """
     check_method(method, eps)
     row = list(query) if not isinstance(query, str) else encode(model, [query], template)[0]
@@ -86,16 +76,14 @@ def ships_kl(model, query: str | Sequence[int], *, heads: Sequence[tuple[int, in
     heads = all_heads(model) if heads is None else check_heads(model, heads)
     clean = last_logprobs(model, ids)  # [1, d_vocab]
     out = torch.full((model.shape.n_layers, model.shape.n_heads), float("nan"), dtype=torch.float64)
-    chunk = rows_per_chunk(model, ids.shape[1], memory_budget_mb)
-    if max_rows is not None:
-        chunk = max(1, min(chunk, int(max_rows)))
-    for start in range(0, len(heads), chunk):
-        part = heads[start:start + chunk]
-        handlers = row_ablation_handlers(model, [[h] for h in part], method=method, eps=eps)
-        ablated = last_logprobs(model, ids.expand(len(part), -1), handlers)
-        kl = kl_div(clean.expand_as(ablated), ablated)
-        for (layer, head), v in zip(part, kl.tolist()):
-            out[layer, head] = v
+    if not heads:
+        return out
+    variants = [[head_ablation(layer, head, method=method, eps=eps)] for layer, head in heads]
+    ablated = run_variants(model, ids, variants, lambda o: torch.log_softmax(o.logits[:, -1].double(), dim=-1),
+                           memory_budget_mb=memory_budget_mb, max_variants=max_rows, logits_to_keep=1)[:, 0]
+    kl = kl_div(clean.expand_as(ablated), ablated)  # [head]
+    for (layer, head), v in zip(heads, kl.tolist()):
+        out[layer, head] = v
     return out
 
 
@@ -138,12 +126,10 @@ def dataset_scores(kl: torch.Tensor, *, model_name: str, top_k: int = 10):
 
 
 def top_heads(scores, k: int = 5, score: str = "ships_kl_sum") -> list[tuple[int, int]]:
-    """The ``k`` heads with the highest ``score`` in a tidy score table, best first."""
-    sub = scores[(scores["score"] == score) & (scores["layer"] >= 0)]
-    if sub.empty:
-        raise ValueError(f"score {score!r} is not in the table; it has {sorted(set(scores['score']))}")
-    sub = sub.sort_values(["value", "layer", "head"], ascending=[False, True, True])
-    return [(int(r.layer), int(r.head)) for r in sub.head(k).itertuples()]
+    """The ``k`` heads with the highest ``score`` in a tidy score table, best first (``interp.heads.top_heads``)."""
+    from interp import heads
+
+    return heads.top_heads(scores, k, score=score)
 
 
 def ships_dataset(model, queries: str | Sequence[str] = "advbench", *, n: int | None = None,

@@ -167,23 +167,18 @@ def loss_without_first_token(model, ids: torch.Tensor, heads) -> float:
 def sink_removal_check(model, alpha_head: torch.Tensor, ids: torch.Tensor, *, k: int = 5, n_random: int = 5,
                        seed: int = 0) -> dict:
     """Δloss of removing first-token attention in the top-``k`` heads by ``alpha_head [layer, head]`` vs ``k``
-    random heads (mean over ``n_random`` draws)."""
-    import random
+    random heads (mean over ``n_random`` draws): ``interp.heads.causal_check`` with ``Knockout`` of the
+    (query ≥ 1, key 0) routes, as a dict (``CausalCheck.to_dict``)."""
+    from interp.heads import causal_check
+    from interp.interventions import Knockout
+    from interp.metrics import mean_next_token_loss
 
-    base = loss_without_first_token(model, ids, [])
-    n_layers, n_heads = alpha_head.shape
-    order = torch.argsort(alpha_head.flatten(), descending=True).tolist()
-    top = [(i // n_heads, i % n_heads) for i in order[:k]]
-    rng = random.Random(seed)
-    rand = []
-    for _ in range(n_random):
-        pick = rng.sample(range(n_layers * n_heads), k)
-        rand.append(loss_without_first_token(model, ids, [(i // n_heads, i % n_heads) for i in pick]) - base)
-    d_top = loss_without_first_token(model, ids, top) - base
-    d_rand = sum(rand) / len(rand)
-    return {"base_loss": base, "top_heads": [f"L{a}H{b}" for a, b in top], "dloss_top": d_top,
-            "dloss_random": d_rand, "dloss_random_draws": rand,
-            "ratio": d_top / d_rand if d_rand > 0 else float("inf")}
+    _check_ids(model, ids)
+    n = ids.shape[1]
+    routes = torch.zeros(n, n, dtype=torch.bool)
+    routes[1:, 0] = True
+    return causal_check(model, ids, alpha_head, lambda layer, h: Knockout(layer, h, routes),
+                        lambda o: mean_next_token_loss(o.logits, o.ids), k=k, n_random=n_random, seed=seed).to_dict()
 
 
 def data_files(params) -> list[str]:

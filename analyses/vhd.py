@@ -29,12 +29,13 @@ Real checkpoint (needs the weights locally)::
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from interp.arch import head_outputs
+from interp.interventions import Intervention
 from interp.params import ParamError, Params, param
 from interp.scores import ScoreTable
 from interp.sites import Site
@@ -103,22 +104,24 @@ def select_heads(vhd_layer: torch.Tensor) -> torch.Tensor:
     return keep & (vhd_layer > med)
 
 
-@dataclass(frozen=True)
-class VHR:
-    """Vision-aware head reinforcement as a value: print it, compare it, save it (``to_json``)."""
+@dataclass(frozen=True, eq=False, repr=False)
+class VHR(Intervention):
+    """Vision-aware head reinforcement as a value (an ``interp.interventions.Intervention``): print it, compare
+    it, save it with the others (``to_json`` / ``interp.save_interventions``). It acts through ``apply`` (a
+    shadow text-only run beside each forward), not through ``model.intervene``."""
 
     alpha: float = 2.0
     layers: tuple[int, ...] | None = None  # None = every layer
 
-    def to_json(self) -> str:
-        return json.dumps({"type": "VHR", **asdict(self)})
+    def __post_init__(self):
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
+            raise TypeError(f"VHR: alpha must be a number, got {self.alpha!r}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
 
-    @staticmethod
-    def from_json(text: str) -> VHR:
-        d = json.loads(text)
-        if d.pop("type", None) != "VHR":
-            raise ValueError("not a VHR intervention")
-        return VHR(alpha=float(d["alpha"]), layers=None if d["layers"] is None else tuple(d["layers"]))
+    def compile(self, model):
+        raise TypeError("VHR needs the prompt's image tokens and a shadow text-only run: use "
+                        "`with vhr.apply(model, image_input_ids): ...` instead of model.intervene")
 
     @contextlib.contextmanager
     def apply(self, model, image_input_ids: torch.Tensor):
@@ -154,9 +157,8 @@ class VHR:
         def reinforce(z, site):  # z: [batch, pos, head, d_head]; act on the current (last) position
             if state["shadow"]:
                 return None
-            w_o = model.arch.attn(site.layer).o_proj.weight.view(s.d_model, s.n_heads, s.d_head)
             zt, zs = z[:, -1], state["z"][site.layer]
-            vhd = torch.einsum("bhd,mhd->bhm", zt - zs, w_o).norm(dim=-1)[0]
+            vhd = head_outputs(zt - zs, model.w_o(site.layer)).norm(dim=-1)[0]  # [head]
             sel = select_heads(vhd)
             state["selected"].append((site.layer, sel.nonzero().flatten().tolist()))
             z = z.clone()

@@ -30,6 +30,11 @@ _LAZY = {
     "mean_answer_prob": ".metrics", "kl_div": ".metrics", "kl_to_clean": ".metrics", "mean_kl_to_clean": ".metrics",
     "next_token_loss": ".metrics", "next_token_loss_per_token": ".metrics", "mean_next_token_loss": ".metrics",
     "ScoreTable": ".scores",
+    "ScaleKeyAttention": ".attention_edits", "HiddenSinkCalibration": ".attention_edits",
+    "Redistribute": ".attention_edits", "span_keys": ".attention_edits", "image_keys": ".attention_edits",
+    "run_variants": ".variants", "VariantOutput": ".variants", "OnRows": ".row_interventions",
+    "PositionMean": ".ablations", "AttendToKey": ".ablations",
+    "top_heads": ".heads", "random_heads": ".heads", "causal_check": ".heads", "CausalCheck": ".heads",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

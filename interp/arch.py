@@ -56,6 +56,21 @@ class Arch:
         return f"{self.base_path}.layers.{layer}{suffix}"
 
 
+def w_o_heads(o_proj: nn.Module, n_heads: int, d_head: int):
+    """Per-head output projection ``W_O [head, d_head, d_model]`` (a view of ``o_proj.weight [d_model, head ·
+    d_head]``): head ``h``'s write to the residual stream is ``z_h @ W_O[h]``."""
+    w = o_proj.weight
+    return w.view(w.shape[0], n_heads, d_head).permute(1, 2, 0)
+
+
+def head_outputs(z, w_o):
+    """Each head's write to the residual stream: ``z [..., head, d_head]`` × ``w_o [head, d_head, d_model]`` →
+    ``[..., head, d_model]`` (``o_h = z_h W_O^h``; the heads sum to the attention output minus the o_proj bias)."""
+    import torch
+
+    return torch.einsum("...hd,hdm->...hm", z, w_o)
+
+
 def _get(root: nn.Module, path: str):
     obj = root
     for part in path.split("."):

@@ -1,10 +1,13 @@
-"""The ``interp`` command line: ``interp report``, ``interp analyses``, ``interp models``.
+"""The ``interp`` command line: ``interp report``, ``interp analyses``, ``interp models``, ``interp compare``,
+``interp plan``.
 
     interp report --model default --out reports/default              # every available analysis
     interp report --model tiny-llama --analyses attention_basics --out reports/runs/tiny --n-tokens 64
     interp report --config run.toml --seed 1                          # flags override the TOML file
     interp report -a sinks -p sinks.n_samples=20 -p sinks.streaming.n_tokens=512   # set typed parameters
     interp analyses --params                                          # every parameter, its type and range
+    interp compare reports/runs/a reports/runs/b --out reports/compare/a_vs_b   # two reports, score by score
+    interp plan --model default --tokens 8192 --analyses sinks        # expected peak memory per device
 
 Bad input (unknown analysis or parameter, a value of the wrong type or out of range, unwritable folder, a
 folder holding another model's run) prints one line and exits with code 2, before the model loads where it
@@ -69,11 +72,28 @@ def report(
                                     "ANALYSIS.KEY=VALUE (repeatable; VALUE as in TOML, e.g. sinks.n_samples=20, "
                                     "sinks.streaming.enabled=false; see `interp analyses --params`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
+    static: bool = typer.Option(False, "--static", help="report.html as the print-friendly page of one section "
+                                "per score (default: the interactive head atlas)"),
+    ray: str = typer.Option(None, "--ray", help="Run the work units on Ray: 'local' (a loopback cluster on this "
+                            "machine, stopped afterwards), 'auto', HOST:PORT or ray://HOST:PORT (join a cluster)"),
+    workers: int = typer.Option(None, "--workers", help="Model replicas (Ray actors) with --ray (default 2)"),
+    cpus_per_worker: float = typer.Option(None, "--cpus-per-worker", help="CPUs per replica; torch threads "
+                                          "are pinned to it (default 1)"),
+    gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per replica (default 0)"),
+    plan_only: bool = typer.Option(False, "--plan", help="Print the memory plan of this run (per device) and "
+                                   "exit; exit code 2 when it does not fit"),
 ):
-    """Run analyses on a model; write scores.parquet/csv, per_token.parquet, report.html, manifest.json."""
+    """Run analyses on a model; write scores.parquet/csv, per_token.parquet, roles.parquet, report.html,
+    manifest.json."""
     from interp.report.config import apply_overrides
     from interp.report.runner import AnalysisFailed, ReportError, load_config, run_report
 
+    if plan_only:
+        cfg = load_config(config) if config else {}
+        names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses else cfg.get("analyses")
+        _show_plan(model or cfg.get("model") or "default", n_tokens or cfg.get("n_tokens") or 512, 1, names,
+                   None, None, "float32")
+        return
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"  # the analyses' own progress bars too
     out_dir = out
@@ -89,7 +109,7 @@ def report(
             resume=resume if resume is not None else cfg.get("resume", True), force=force,
             top_k=top_k if top_k is not None else cfg.get("top_k", 10),
             command=_command(model_spec, names, out_dir, config, n_tokens, seed, top_k, resume, force, param),
-            progress=not quiet)
+            progress=not quiet, static=static, **_ray_options(ray, workers, cpus_per_worker, gpus_per_worker))
     except ReportError as e:
         _fail(str(e))
     except AnalysisFailed as e:
@@ -98,6 +118,15 @@ def report(
     typer.echo(f"wrote {res.out}/report.html, scores.parquet ({len(res.scores)} rows), manifest.json "
                f"in {t['total']:.1f} s (computed: {', '.join(res.computed) or 'none'}; "
                f"resumed: {', '.join(res.resumed) or 'none'})")
+
+
+def _ray_options(ray, workers, cpus, gpus) -> dict:
+    if ray is None:
+        if workers is not None or cpus is not None or gpus is not None:
+            _fail("--workers, --cpus-per-worker and --gpus-per-worker need --ray (local, auto or an address)")
+        return {}
+    res = {k: v for k, v in (("num_cpus", cpus), ("num_gpus", gpus)) if v is not None}
+    return {"ray": ray, "workers": 2 if workers is None else workers, "worker_resources": res}
 
 
 def _command(model, names, out, config, n_tokens, seed, top_k, resume, force, params=()) -> list[str]:
@@ -141,6 +170,74 @@ def list_models():
 
     for fam in FAMILIES:
         typer.echo(f"{'tiny-' + fam:<24} random tiny {fam} model for tests (no weights on disk)")
+
+
+@app.command("compare")
+def compare(
+    report_a: str = typer.Argument(..., help="First report folder (the --out of `interp report`)"),
+    report_b: str = typer.Argument(..., help="Second report folder"),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for compare.html, compare.parquet/csv, roles_diff"),
+    force: bool = typer.Option(False, "--force", help="Compare runs of different interp versions or parameters; "
+                               "replace a comparison already in --out"),
+):
+    """Compare two reports score by score: Spearman over heads (same shape) or layer profiles by depth."""
+    from interp.report.compare import CompareError, compare_reports, summary
+
+    try:
+        table = compare_reports(report_a, report_b, out, force=force)
+    except CompareError as e:
+        _fail(str(e))
+    typer.echo(summary(table))
+    typer.echo(f"wrote {out}/compare.html, compare.parquet, roles_diff.parquet")
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Option("default", "--model", "-m", help="Model name, folder or .gguf (weights not read)"),
+    tokens: int = typer.Option(..., "--tokens", "-n", help="Tokens per sequence"),
+    batch: int = typer.Option(1, "--batch", "-b", help="Sequences per forward"),
+    analyses: str = typer.Option(None, "--analyses", "-a", help="Comma-separated analyses (adds the statistics "
+                                 "they keep)"),
+    device_map: str = typer.Option(None, "--device-map", help="'auto': spread the layers over the devices"),
+    max_memory: str = typer.Option(None, "--max-memory", help="Budget per device, e.g. cpu=20GiB,0=70GiB "
+                                   "(default: what is free now)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+):
+    """Print the expected peak memory per device of one forward; exit 2 (one line) when it does not fit."""
+    names = [a.strip() for a in analyses.split(",") if a.strip()] if analyses else None
+    _show_plan(model, tokens, batch, names, device_map, max_memory, dtype)
+
+
+def _parse_max_memory(text: str | None) -> dict | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        key, sep, size = item.partition("=")
+        if not sep:
+            _fail(f"--max-memory item {item!r} is not DEVICE=SIZE (e.g. cpu=20GiB,0=70GiB)")
+        key = key.strip()
+        out[int(key) if key.isdigit() else key] = size.strip()
+    return out
+
+
+def _show_plan(model, tokens, batch, names, device_map, max_memory, dtype) -> None:
+    from interp.plan import plan, plan_for
+
+    if device_map not in (None, "auto"):
+        _fail(f"--device-map {device_map!r}: the command line takes 'auto' (pass a dict through the Python API)")
+    try:
+        mm = _parse_max_memory(max_memory)
+        m = plan_for(model, dtype=dtype)
+        dm = None
+        if device_map == "auto":
+            from interp.devices import resolve_device_map
+
+            dm = resolve_device_map(m.hf, "auto", max_memory=mm, offload_folder="offload", dtype=m.dtype)
+        p = plan(m, tokens, batch, analyses=names, device_map=dm, max_memory=mm)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+    typer.echo(p.table())
+    if not p.fits:
+        _fail(p.message())
 
 
 def main():

@@ -195,6 +195,9 @@ def _check(model, ids, mask, max_new_tokens, feed_last, use_cache) -> None:
     if n_ctx and ids.shape[1] + max_new_tokens > n_ctx:
         raise ValueError(f"prompt + {max_new_tokens} new tokens = {ids.shape[1] + max_new_tokens} exceeds "
                          f"{model.name}'s context of {n_ctx}; shorten the prompts or max_new_tokens")
+    from .plan import check_run
+
+    check_run(model, ids.shape[1] + max_new_tokens, ids.shape[0], kv_cache=use_cache)
     if feed_last and not use_cache:
         raise ValueError("feed_last=True needs the KV cache (use_cache=True)")
     if feed_last and int(mask.sum(1).min()) < 2:

@@ -35,6 +35,8 @@ import torch
 
 from interp.kernels.attention_stats import causal_mask
 
+from .arch import head_outputs, w_o_heads
+from .devices import execution_device, materialized
 from .hooks import native_modules
 
 
@@ -145,7 +147,9 @@ class GraphRun:
 
     @property
     def node_outputs(self) -> torch.Tensor:
-        return torch.stack(self.outs)
+        """``[n_nodes, batch, pos, d_model]`` on the device of the first node (the embedding's)."""
+        dev = self.outs[0].device
+        return torch.stack([o.to(dev) for o in self.outs])
 
 
 def _rms_factor(norm, x: torch.Tensor) -> torch.Tensor:
@@ -181,13 +185,14 @@ class _Patcher:
         self.deltas: list = []
         self.total = None  # Σ_u δ_u over the nodes seen so far
 
-    def _delta(self, u):
+    def _delta(self, u, device):
+        """``δ_u`` on ``device`` (node outputs live on the device of the layer that made them)."""
         while len(self.deltas) <= u:
             i = len(self.deltas)
-            d = self.outs[i] - self.corrupt[i]
+            d = self.outs[i].to(device) - self.corrupt[i].to(device)
             self.deltas.append(d)
-            self.total = d if self.total is None else self.total + d
-        return self.deltas[u]
+            self.total = d if self.total is None else self.total.to(device) + d
+        return self.deltas[u].to(device)
 
     def stream(self, resid, n_up: int, cols: slice):
         """``[batch, pos, n_cols, d_model]``: the residual each input in ``cols`` sees."""
@@ -195,24 +200,25 @@ class _Patcher:
         base = resid.unsqueeze(2)
         if self.removed is None:
             return base.expand(-1, -1, n, -1)
-        mask = self.removed[:n_up, cols].to(device=resid.device, dtype=resid.dtype)
+        dev = resid.device
+        mask = self.removed[:n_up, cols].to(device=dev, dtype=resid.dtype)
         if self.force:
             rows = list(range(n_up))
         else:
             rm_rows = mask.ne(0).any(1).nonzero().flatten().tolist()
             if not rm_rows:
                 return base.expand(-1, -1, n, -1)
-            keep = (1 - mask) * self.valid[:n_up, cols].to(resid.dtype)
+            keep = (1 - mask) * self.valid[:n_up, cols].to(dev, resid.dtype)
             kp_rows = keep.ne(0).any(1).nonzero().flatten().tolist()
             if len(kp_rows) < len(rm_rows):
-                self._delta(n_up - 1)
-                corrupt_resid = resid - self.total
+                self._delta(n_up - 1, dev)
+                corrupt_resid = resid - self.total.to(dev)
                 if not kp_rows:
                     return corrupt_resid.unsqueeze(2).expand(-1, -1, n, -1)
-                d = torch.stack([self._delta(u) for u in kp_rows])
+                d = torch.stack([self._delta(u, dev) for u in kp_rows])
                 return corrupt_resid.unsqueeze(2) + torch.einsum("ubpm,uc->bpcm", d, keep[kp_rows])
             rows = rm_rows
-        d = torch.stack([self._delta(u) for u in rows])
+        d = torch.stack([self._delta(u, dev) for u in rows])
         return base - torch.einsum("ubpm,uc->bpcm", d, mask[rows])
 
 
@@ -225,8 +231,10 @@ def _attention(model, layer: int, q_in, k_in, v_in, cos_sin):
     dh, H, KV = s.d_head, s.n_heads, s.n_kv_heads
 
     def proj(x, lin, n):
-        y = torch.einsum("bphm,hdm->bphd", dec.input_layernorm(x), lin.weight.view(n, dh, -1))
-        return y if lin.bias is None else y + lin.bias.view(n, dh)
+        x = dec.input_layernorm(x)
+        with materialized(lin):  # offloaded weights (accelerate) are loaded for this read only
+            y = torch.einsum("bphm,hdm->bphd", x, lin.weight.view(n, dh, -1))
+            return y if lin.bias is None else y + lin.bias.view(n, dh)
 
     q, k, v = proj(q_in, attn.q_proj, H), proj(k_in, attn.k_proj, KV), proj(v_in, attn.v_proj, KV)
     if hasattr(attn, "q_norm"):
@@ -295,14 +303,18 @@ def _run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor |
         dec = arch.layers[layer]
         attn = dec.self_attn
         cols, n_up = graph.cols(layer), graph.n_upstream_attn(layer)
+        dev = execution_device(dec)  # the layer's device: its inputs go there, its outputs stay there
+        resid = resid.to(dev)
         q_in, k_in, v_in = (patch.stream(resid, n_up, cols[x]) for x in "qkv")
-        z = _attention(model, layer, q_in, k_in, v_in, _rotary(model, embeds, pos_ids, attn))
-        w_o = attn.o_proj.weight  # [d_model, head * d_head]
-        head_out = torch.einsum("bphd,mhd->bphm", z, w_o.view(w_o.shape[0], s.n_heads, s.d_head))
-        bias = attn.o_proj.bias
+        cos_sin = tuple(t.to(dev) for t in _rotary(model, embeds, pos_ids, attn))
+        z = _attention(model, layer, q_in, k_in, v_in, cos_sin)
+        with materialized(attn.o_proj):
+            head_out = head_outputs(z, w_o_heads(attn.o_proj, s.n_heads, s.d_head))  # [batch, pos, head, d_model]
+            bias = attn.o_proj.bias
         if gemma_norms:
             total = head_out.sum(2) + (0 if bias is None else bias)
-            f = _rms_factor(dec.post_attention_layernorm, total).unsqueeze(2)
+            with materialized(dec.post_attention_layernorm):
+                f = _rms_factor(dec.post_attention_layernorm, total).unsqueeze(2)
             head_out = (head_out.float() * f).to(head_out.dtype)
             bias = None if bias is None else (bias.float() * f[:, :, 0]).to(head_out.dtype)
         outs.extend(head_out.unbind(2))
@@ -312,7 +324,7 @@ def _run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor |
         if gemma_norms:
             m_out = dec.post_feedforward_layernorm(m_out)
         outs.append(m_out)
-        resid = resid + m_out
+        resid = resid + m_out.to(dev)
         if keep_streams:
             streams.append((q_in, k_in, v_in, m_in))
     col = graph.logits_col
@@ -324,7 +336,11 @@ def _run_graph(model, ids: torch.Tensor | None = None, *, embeds: torch.Tensor |
     cap = getattr(model.hf.config, "final_logit_softcapping", None)
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap
-    scale = None if final is None else _rms_factor(final, f_in).detach()
+    if final is None:
+        scale = None
+    else:
+        with materialized(final):
+            scale = _rms_factor(final, f_in.to(execution_device(final))).detach()
     return GraphRun(logits=logits, outs=outs, streams=streams, final_scale=scale)
 
 

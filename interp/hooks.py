@@ -168,8 +168,11 @@ def interp_attention(module, query, key, value, attention_mask, scaling=None, dr
     for rt in rts:
         out = rt.apply(layer, "z", out, head_dim=2)  # [batch, pos, head, d_head]
     if any(rt.needs(layer, "head_out") for rt in rts):
-        w_o = module.o_proj.weight  # [d_model, head * d_head]
-        per_head = torch.einsum("bphd,mhd->bphm", out, w_o.view(w_o.shape[0], out.shape[2], out.shape[3]))
+        from .arch import head_outputs, w_o_heads
+        from .devices import materialized
+
+        with materialized(module.o_proj):  # o_proj's weights may be offloaded (accelerate): loaded for this read
+            per_head = head_outputs(out, w_o_heads(module.o_proj, out.shape[2], out.shape[3]))  # [b, pos, head, d]
         for rt in rts:
             rt.apply(layer, "head_out", per_head, head_dim=2, read_only=True)
     return out, weights

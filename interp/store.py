@@ -363,6 +363,63 @@ _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfl
               "I32": "int32", "BOOL": "bool"}
 
 
+def _check_collect(model, ds, keys, heads, kind) -> list[int] | None:
+    """Up-front checks of ``collect``'s inputs; returns the query heads kept (None: all)."""
+    if heads is not None:
+        heads = [heads] if isinstance(heads, int) else list(heads)
+        for h in heads:
+            if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < model.shape.n_heads:
+                raise ValueError(f"head {h!r} out of range "
+                                 f"(model has {model.shape.n_heads} query heads per layer)")
+    if kind == "mean_token" and any(s.component == "pattern" for s in keys):
+        raise ValueError("reduce='mean_token' does not apply to 'pattern' (its key axis varies per prompt)")
+    n_ctx = model.shape.n_ctx
+    for i, n in enumerate(ds.lengths):
+        if n_ctx and n > n_ctx:
+            raise ValueError(f"prompt {i} has {n} tokens, longer than {model.name}'s context of {n_ctx}; "
+                             "truncate it or pick a model with a longer context")
+    return heads
+
+
+def _kept_tokens(ids, attn, positions):
+    """The kept columns of one batch: ``(cols, pads, lens, mask [batch, kept], tok [batch, kept])``."""
+    lens = attn.sum(1).tolist()
+    cols = _columns(lens, ids.shape[1], positions)
+    pads = [ids.shape[1] - n for n in lens]
+    kept = [len(range(ids.shape[1])[c]) if isinstance(c, slice) else len(c) for c in cols]
+    mask = torch.arange(max(kept))[None] < torch.tensor(kept)[:, None]
+    tok = torch.zeros(mask.shape, dtype=torch.long)
+    for b, c in enumerate(cols):
+        tok[b, :kept[b]] = ids[b][c]
+    return cols, pads, lens, mask, tok
+
+
+def _run_batch(model, ids, attn, by_whole, head_idx, cols, pads, lens, dtype) -> dict:
+    """One forward over the batch, returning the kept slice of every site."""
+    batch: dict = {}
+
+    def keep(x, site):
+        for s in by_whole[site]:
+            batch[s] = _extract(x, s, head_idx[s], cols, pads, lens, dtype)
+
+    with torch.no_grad(), model.hooks({w: keep for w in by_whole}):
+        if bool(attn.all()):  # no padding: let attention take its causal fast path
+            model.forward(ids)
+        else:
+            model.forward(ids, attn, position_ids=position_ids(attn))
+    return batch
+
+
+def _spill_state(state, keys, spill: Path, run_id: str, n_spill: int) -> None:
+    """Write every in-memory chunk of ``state`` to one safetensors file; the state keeps references."""
+    f = spill / f"collect-{run_id}-{n_spill:05d}.safetensors"
+    chunks = {f"{i}:{j}": c for i, s in enumerate(keys) for j, c in enumerate(state[s]) if isinstance(c, torch.Tensor)}
+    io.save_safetensors(f, chunks)
+    for i, s in enumerate(keys):
+        state[s] = [_Ref(str(f), f"{i}:{j}", tuple(c.shape), c.dtype) if isinstance(c, torch.Tensor)
+                    else c for j, c in enumerate(state[s])]
+
+
 def collect(model, data, sites, *, layers=None, heads=None, positions=None, reduce=None, batch_size: int = 8,
             memory_budget_mb: float | None = None, spill_dir=None, dtype: torch.dtype | None = None,
             progress: bool = True) -> ActivationStore:
@@ -380,19 +437,7 @@ def collect(model, data, sites, *, layers=None, heads=None, positions=None, redu
     positions = _parse_positions(positions)
     ds = PromptDataset(data, model)
     keys = _resolve_sites(model, sites, layers)
-    if heads is not None:
-        heads = [heads] if isinstance(heads, int) else list(heads)
-        for h in heads:
-            if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < model.shape.n_heads:
-                raise ValueError(f"head {h!r} out of range "
-                                 f"(model has {model.shape.n_heads} query heads per layer)")
-    if kind == "mean_token" and any(s.component == "pattern" for s in keys):
-        raise ValueError("reduce='mean_token' does not apply to 'pattern' (its key axis varies per prompt)")
-    n_ctx = model.shape.n_ctx
-    for i, n in enumerate(ds.lengths):
-        if n_ctx and n > n_ctx:
-            raise ValueError(f"prompt {i} has {n} tokens, longer than {model.name}'s context of {n_ctx}; "
-                             "truncate it or pick a model with a longer context")
+    heads = _check_collect(model, ds, keys, heads, kind)
     head_idx = {s: _head_index(model, s, heads) for s in keys}
     by_whole: dict = {}
     for s in keys:
@@ -406,25 +451,8 @@ def collect(model, data, sites, *, layers=None, heads=None, positions=None, redu
     tokens, masks, in_mem, n_spill, seen_dtype = [], [], 0, 0, dtype
     bar = tqdm(total=len(ds), unit="prompt", disable=not progress, desc="collect")
     for idx, ids, attn in ds.batches(batch_size):
-        lens = attn.sum(1).tolist()
-        cols = _columns(lens, ids.shape[1], positions)
-        pads = [ids.shape[1] - n for n in lens]
-        kept = [len(range(ids.shape[1])[c]) if isinstance(c, slice) else len(c) for c in cols]
-        mask = torch.arange(max(kept))[None] < torch.tensor(kept)[:, None]
-        tok = torch.zeros(mask.shape, dtype=torch.long)
-        for b, c in enumerate(cols):
-            tok[b, :kept[b]] = ids[b][c]
-        batch: dict = {}
-
-        def keep(x, site, _b=batch, _c=cols, _p=pads, _l=lens):
-            for s in by_whole[site]:
-                _b[s] = _extract(x, s, head_idx[s], _c, _p, _l, dtype)
-
-        with torch.no_grad(), model.hooks({w: keep for w in by_whole}):
-            if bool(attn.all()):  # no padding: let attention take its causal fast path
-                model.forward(ids)
-            else:
-                model.forward(ids, attn, position_ids=position_ids(attn))
+        cols, pads, lens, mask, tok = _kept_tokens(ids, attn, positions)
+        batch = _run_batch(model, ids, attn, by_whole, head_idx, cols, pads, lens, dtype)
         for s in keys:
             t = batch.pop(s)
             seen_dtype = t.dtype
@@ -437,13 +465,7 @@ def collect(model, data, sites, *, layers=None, heads=None, positions=None, redu
         tokens.append(tok)
         masks.append(mask)
         if kind is None and budget is not None and in_mem > budget:
-            f = spill / f"collect-{run_id}-{n_spill:05d}.safetensors"
-            chunks = {f"{i}:{j}": c for i, s in enumerate(keys) for j, c in enumerate(state[s])
-                      if isinstance(c, torch.Tensor)}
-            io.save_safetensors(f, chunks)
-            for i, s in enumerate(keys):
-                state[s] = [_Ref(str(f), f"{i}:{j}", tuple(c.shape), c.dtype) if isinstance(c, torch.Tensor)
-                            else c for j, c in enumerate(state[s])]
+            _spill_state(state, keys, spill, run_id, n_spill)
             n_spill, in_mem = n_spill + 1, 0
         bar.update(len(idx))
     bar.close()

@@ -24,7 +24,7 @@
 #
 # The model is `$INTERP_NOTEBOOK_MODEL` (default `"default"`, SmolLM2-135M-Instruct, which does *not* refuse:
 # the mechanics run, but the refusal numbers only mean something on a model that refuses, e.g.
-# `qwen2.5-coder-0.5b`; see `benchmarks/safety_causal.py`). Sizes are kept small for a CPU.
+# `qwen2.5-coder-0.5b`; see `experiments/safety_causal.py`). Sizes are kept small for a CPU.
 
 # %%
 import os

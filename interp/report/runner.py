@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import io
+from . import folder
 from .config import ReportError, check_options, load_config  # noqa: F401  (load_config: public via interp.report)
 from .manifest import interp_version
 
@@ -111,9 +111,9 @@ def _prepare_out(out: Path, model_name: str, *, force: bool) -> tuple[dict | Non
         prev = io.read_json(out / "run.json")
     elif (out / "manifest.json").exists():
         prev = io.read_json(out / "manifest.json")
-    elif any(p for p in out.iterdir() if not p.name.startswith(".")) and not force:
-        raise ReportError(f"output folder {out} is not empty and is not an interp report folder; "
-                          "choose an empty --out or pass --force to write into it")
+    elif any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise ReportError(f"output folder {out} is not empty and is not an interp report folder; choose an "
+                          "empty --out (--force replaces interp's own files only, never a folder's other files)")
     if prev is not None:
         why = []
         if prev.get("model") != model_name:
@@ -129,13 +129,7 @@ def _prepare_out(out: Path, model_name: str, *, force: bool) -> tuple[dict | Non
 
 
 def _clear_run(out: Path) -> None:
-    for name in [PARTS, "official", "tables"]:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-    for name in ["run.json", "manifest.json", "scores.parquet", "scores.csv", "per_token.parquet",
-                 "report.html"]:
-        if (out / name).exists():
-            (out / name).unlink()
+    folder.clear_own(out)  # interp's own files only (run.json, manifest.json, what the manifest lists, parts)
 
 
 def params_hash(analysis: str, params: dict, seed: int, model) -> str:
@@ -217,18 +211,23 @@ def failure_kind(e: BaseException) -> str:
 
 def _call(spec, model, params, out: Path) -> dict:
     """``spec.run`` with its result checked; any failure becomes ``AnalysisFailed`` with its kind."""
-    from interp.scores import ScoreTable, ScoreTableError
-
     try:
         results = spec.run(model, params, out)
     except Exception as e:
         raise AnalysisFailed(f"analysis {spec.name!r} failed: {type(e).__name__}: {e}", failure_kind(e)) from e
+    return checked_results(spec, results, model.shape)
+
+
+def checked_results(spec, results, shape) -> dict:
+    """``results`` of ``spec`` with its score table validated against ``shape``; else ``AnalysisFailed``."""
+    from interp.scores import ScoreTable, ScoreTableError
+
     if not isinstance(results, dict) or "scores" not in results:
         raise AnalysisFailed(f"analysis {spec.name!r} returned {type(results).__name__} without 'scores'; "
                              "run() must return a dict of DataFrames with a 'scores' table", "bug")
     results = dict(results)
     try:
-        results["scores"] = ScoreTable.validate(results["scores"], shape=model.shape)
+        results["scores"] = ScoreTable.validate(results["scores"], shape=shape)
     except ScoreTableError as e:
         raise AnalysisFailed(f"analysis {spec.name!r} returned an invalid score table: {e}", "bug") from e
     return results
@@ -237,11 +236,15 @@ def _call(spec, model, params, out: Path) -> dict:
 def _run_one(spec, model, params, seed, out: Path, h: str):
     import torch
 
-    parts = out / PARTS
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     results = _call(spec, model, params, out)
-    seconds = time.perf_counter() - t0
+    return write_part(spec, params, out, h, results, time.perf_counter() - t0)
+
+
+def write_part(spec, params, out: Path, h: str, results: dict, seconds: float):
+    """Write one analysis's tables, official outputs and (last: it marks the part complete) its .json."""
+    parts = out / PARTS
     for table, df in results.items():
         io.write_parquet(parts / f"{spec.name}.{table}.parquet", df)
     official = []
@@ -318,18 +321,57 @@ def _prepare_params(names, specs, params, n_tokens) -> dict:
     return per_params
 
 
+def _render_page(model, scores, roles, params, *, top_k, static, n_tokens, executor=None) -> str:
+    """report.html: the head atlas with the example text's top-k attention (at the run's ``n_tokens``, else
+    ``example.DEFAULT_TOKENS``), or the static page."""
+    if static:
+        from .html import render_report
+
+        return render_report(scores, model_name=model.name, shape=model.shape, params=params, top_k=top_k)
+    from .atlas import render_atlas
+    from .example import DEFAULT_TOKENS, build_example
+
+    n = n_tokens or DEFAULT_TOKENS
+    example = build_example(model, n) if executor is None else executor.call(build_example, n)  # on a replica
+    return render_atlas(scores, roles, model_name=model.name, shape=model.shape, params=params, example=example)
+
+
 def run_report(model="default", analyses=None, out="reports/run", *, params: dict | None = None,
                n_tokens: int | None = None, seed: int = 0, resume: bool = True, force: bool = False,
-               top_k: int = 10, command: list[str] | None = None, progress: bool = True) -> ReportResult:
+               top_k: int = 10, command: list[str] | None = None, progress: bool = True,
+               static: bool = False, ray: str | None = None, workers: int = 2,
+               worker_resources: dict | None = None) -> ReportResult:
     """Run ``analyses`` (names; ``None`` = all available) on ``model`` (a spec string or a loaded
     ``interp.Model``) and write the report folder ``out``. Returns the scores and the manifest.
 
     ``params`` maps analysis name → parameter overrides (a dict, as in ``[params.<analysis>]``). Every option
     and parameter is checked before the model loads, the checks that need the model (context length) before
     any analysis runs; bad input raises ``ReportError``; ``AnalysisFailed`` when an analysis raises (its
-    finished predecessors are kept for resuming).
+    finished predecessors are kept for resuming). ``report.html`` is the head atlas (``interp.report.atlas``);
+    ``static=True`` writes the print-friendly page of one section per score instead (``interp.report.html``).
+
+    ``ray``: run the analyses' work units on Ray (``interp.distributed``): ``"local"`` starts a loopback
+    cluster for this run, ``"auto"`` / ``HOST:PORT`` / ``ray://HOST:PORT`` join one; ``workers`` model
+    replicas with ``worker_resources`` ``{"num_cpus": 1, "num_gpus": 0}`` each. The folder is the same as a
+    local run's; finished units are checkpointed in ``parts/<analysis>.units.jsonl``; the manifest gains
+    ``cluster`` (nodes, replicas, resources, per-unit timings).
     """
-    from tqdm.auto import tqdm
+    executor = None
+    if ray is not None:
+        from interp.distributed import report_executor
+
+        executor = report_executor(model, ray, workers, worker_resources)
+    try:
+        return _run_report(model, analyses, out, params=params, n_tokens=n_tokens, seed=seed, resume=resume,
+                           force=force, top_k=top_k, command=command, progress=progress, static=static,
+                           executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _run_report(model, analyses, out, *, params, n_tokens, seed, resume, force, top_k, command, progress,
+                static, executor) -> ReportResult:
 
     from interp.analyses import registry
 
@@ -343,15 +385,33 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
     per_params = _prepare_params(names, specs, params, n_tokens)
     model_name = model.name if not isinstance(model, str) else expected_model_name(model)
     created = not out.exists()
-    prev, replace = _prepare_out(out, model_name, force=force)
-    t0 = time.perf_counter()
-    model = _load_model(model, out, created)
-    load_seconds = time.perf_counter() - t0
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"output path {out} exists and is not a folder")
     try:
-        check_model_params(model, per_params)
+        held = folder.lock(out)  # one writer for the whole run
+    except OSError as e:
+        raise ReportError(f"output folder {out} is not writable ({e.strerror or e}); choose another --out") from None
     except ReportError:
         _remove_if_new(out, created)
         raise
+    try:
+        return _run_locked(model, model_name, names, specs, per_params, out, created, t_start, seed=seed,
+                           resume=resume, force=force, top_k=top_k, command=command, progress=progress,
+                           static=static, n_tokens=n_tokens, executor=executor)
+    finally:
+        held.release()
+        _remove_if_new(out, created)  # a new folder that is still empty (the model failed to load)
+
+
+def _run_locked(model, model_name, names, specs, per_params, out, created, t_start, *, seed, resume, force,
+                top_k, command, progress, static, n_tokens, executor) -> ReportResult:
+    from tqdm.auto import tqdm
+
+    prev, replace = _prepare_out(out, model_name, force=force)
+    t0 = time.perf_counter()
+    model = _load_model(model, out, created) if executor is None else executor.start_for_report(out, created)
+    load_seconds = time.perf_counter() - t0
+    check_model_params(model, per_params)
     if replace:  # --force over a run of another model / interp version: only now that every check passed
         _clear_run(out)
     if prev is not None and prev.get("weights_hash") != model.weights_hash:
@@ -360,8 +420,9 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
                               f"{prev.get('weights_hash')}, not {model.weights_hash}; choose another --out "
                               "or pass --force to replace it")
         _clear_run(out)
-    if not resume and (out / PARTS).is_dir():
-        shutil.rmtree(out / PARTS)
+    if not resume:  # recompute this run's analyses; other analyses' parts stay
+        folder.clear_own(out, names)
+    previous = io.read_json(out / "manifest.json") if (out / "manifest.json").is_file() else {}
     io.write_json(out / "run.json", {"model": model.name, "weights_hash": model.weights_hash,
                                      "interp_version": interp_version()})
 
@@ -376,28 +437,48 @@ def run_report(model="default", analyses=None, out="reports/run", *, params: dic
             meta, results = loaded
             resumed.append(name)
         else:
-            meta, results = _run_one(spec, model, p, seed, out, h)
+            meta, results = (_run_one(spec, model, p, seed, out, h) if executor is None
+                             else executor.run_part(spec, p, seed, out, h, resume=resume))
             computed.append(name)
         parts[name] = results
         timings[name] = {"seconds": meta["seconds"], "resumed": loaded is not None}
         official[name] = meta.get("official", [])
         data += _data_entries(spec, p)
     bar.close()
-    scores, extra = _write_tables(out, names, parts)
-
-    from .html import render_report
-
     plain = {n: p.to_dict() for n, p in per_params.items()}
+    seeds = {n: seed for n in names}
+    others = folder.other_parts(out, names, previous.get("analyses", []))
+    for name in others:  # the folder is the union of the analyses run into it
+        meta = folder.part_meta(out, name)
+        parts[name] = {t: pd.read_parquet(out / PARTS / f"{name}.{t}.parquet") for t in meta["tables"]}
+        timings[name] = {"seconds": meta.get("seconds"), "resumed": True, "earlier_run": True}
+        official[name] = meta.get("official", [])
+        plain[name], seeds[name] = meta.get("params", {}), previous.get("seeds", {}).get(name, previous.get("seed"))
+        data += [d for d in previous.get("data_files", []) if d.get("analysis") == name]
+    own_before = folder.own_files(out)
+    scores, extra = _write_tables(out, names + others, parts)
+    folder.prune_tables(out, extra, own_before)
+    from .roles import assign_roles
+
+    roles = assign_roles(scores, model.shape)
+    io.write_parquet(out / "roles.parquet", roles)
+
     t0 = time.perf_counter()
-    io.write_html(out / "report.html", render_report(scores, model_name=model.name, shape=model.shape,
-                                                     params=plain, top_k=top_k))
+    io.write_html(out / "report.html", _render_page(model, scores, roles, plain, top_k=top_k, static=static,
+                                                    n_tokens=n_tokens, executor=executor))
     html_seconds = time.perf_counter() - t0
     from .manifest import build_manifest
 
     manifest = build_manifest(
-        model=model, analyses=names, params=plain, seed=seed, timings=timings, data_files=data,
+        model=model, analyses=names + others, params=plain, seed=seed, timings=timings, data_files=data,
         official=official, tables=extra, command=command if command is not None else sys.argv,
         extra_timings={"load_model": round(load_seconds, 3), "report_html": round(html_seconds, 3),
                        "total": round(time.perf_counter() - t_start, 3)})
+    manifest["seeds"] = seeds
+    manifest["files"] = sorted({f for n in names + others for f in folder.part_files(out, n)}
+                               | {f for f in folder.TOP_FILES if (out / f).is_file()} | set(extra)
+                               | {"manifest.json"})
+    if executor is not None:
+        manifest["cluster"] = executor.summary()
     io.write_json(out / "manifest.json", manifest)
     return ReportResult(out=out, scores=scores, manifest=manifest, computed=computed, resumed=resumed)

@@ -96,7 +96,8 @@ def compute_attention_stats(
 
     Returns:
         dict with one entry per requested stat ('topk' gives 'topk_idx' and 'topk_prob'
-        [batch, head, query_pos, top_k]); row stats [batch, head, query_pos], column stats
+        [batch, head, query_pos, min(top_k, key_pos)]: k is clamped to the number of keys, rows with fewer
+        keys padded with -1 / 0); row stats [batch, head, query_pos], column stats
         [batch, head, key_pos].  Float32 values (float64 for float64 inputs and for impl='reference').
         With ``value``: ``(out, dict)``.
     """

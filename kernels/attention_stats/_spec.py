@@ -76,25 +76,9 @@ def _check_mask(name: str, t, batch: int, key_pos: int, device) -> torch.Tensor 
     return t.to(device)
 
 
-def validate(
-    q,
-    k,
-    *,
-    stats,
-    scale,
-    token_ids=None,
-    key_padding_mask=None,
-    window=None,
-    softcap=None,
-    sink_k=4,
-    recent_w=64,
-    distance_cap=None,
-    top_k=5,
-    key_set=None,
-    query_offset=None,
-    row_lse=None,
-) -> StatsSpec:
-    """Check every argument up front; raise ``ValueError`` naming the offending value."""
+def _check_qk(q, k) -> tuple[int, int, int, int, int]:
+    """q [batch, head, query_pos, d_head], k [batch, kv_head, key_pos, d_head]; returns
+    ``(batch, head, kv_head, query_pos, key_pos)``."""
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -120,6 +104,10 @@ def validate(
         raise ValueError(f"query_pos={query_pos} > key_pos={key_pos}: keys must include every query position")
     if q.device != k.device:
         raise ValueError(f"q and k must be on the same device, got {q.device} and {k.device}")
+    return batch, head, kv_head, query_pos, key_pos
+
+
+def _check_stats(stats) -> frozenset:
     if isinstance(stats, str):
         stats = (stats,)
     if not isinstance(stats, Iterable):
@@ -128,6 +116,10 @@ def validate(
     unknown = sorted(str(s) for s in stats if s not in VALID_STATS)
     if unknown:
         raise ValueError(f"unknown stat name(s) {unknown}; valid names are {list(VALID_STATS)}")
+    return stats
+
+
+def _check_scalars(scale, softcap, window, distance_cap, sink_k, recent_w, top_k) -> None:
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
         raise ValueError(f"scale must be a positive float, got {scale!r}")
     if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
@@ -138,6 +130,9 @@ def validate(
     for name, val, lo in (("sink_k", sink_k, 0), ("recent_w", recent_w, 1), ("top_k", top_k, 1)):
         if not isinstance(val, int) or isinstance(val, bool) or val < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+
+
+def _check_query_offset(query_offset, query_pos: int, key_pos: int) -> int:
     if query_offset is None:
         query_offset = key_pos - query_pos
     if not isinstance(query_offset, int) or not 0 <= query_offset <= key_pos - query_pos:
@@ -145,34 +140,68 @@ def validate(
             f"query_offset must be an int in [0, key_pos - query_pos] = [0, {key_pos - query_pos}],"
             f" got {query_offset!r}"
         )
+    return query_offset
+
+
+def _check_token_ids(token_ids, stats, batch: int, key_pos: int, dev):
+    if token_ids is None:
+        if stats & TOKEN_STATS:
+            raise ValueError(
+                f"stats {sorted(stats & TOKEN_STATS)} need token_ids (int64 [batch, key_pos]); got token_ids=None"
+            )
+        return None
+    if not isinstance(token_ids, torch.Tensor) or tuple(token_ids.shape) != (batch, key_pos):
+        shape = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
+        raise ValueError(
+            f"token_ids must be an integer tensor of shape [batch, key_pos] = {(batch, key_pos)}, got {shape}"
+        )
+    if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
+        raise ValueError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
+    return token_ids.to(device=dev, dtype=torch.int64)
+
+
+def _check_row_lse(row_lse, batch: int, head: int, query_pos: int, dev):
+    if row_lse is None:
+        return None
+    if not isinstance(row_lse, torch.Tensor) or tuple(row_lse.shape) != (batch, head, query_pos):
+        shape = tuple(row_lse.shape) if isinstance(row_lse, torch.Tensor) else type(row_lse).__name__
+        raise ValueError(
+            f"row_lse must have shape [batch, head, query_pos] = {(batch, head, query_pos)}, got {shape}"
+        )
+    return row_lse.to(dev)
+
+
+def validate(
+    q,
+    k,
+    *,
+    stats,
+    scale,
+    token_ids=None,
+    key_padding_mask=None,
+    window=None,
+    softcap=None,
+    sink_k=4,
+    recent_w=64,
+    distance_cap=None,
+    top_k=5,
+    key_set=None,
+    query_offset=None,
+    row_lse=None,
+) -> StatsSpec:
+    """Check every argument up front; raise ``ValueError`` naming the offending value."""
+    batch, head, _, query_pos, key_pos = _check_qk(q, k)
+    stats = _check_stats(stats)
+    _check_scalars(scale, softcap, window, distance_cap, sink_k, recent_w, top_k)
+    top_k = min(top_k, key_pos)  # no row has more keys: buffers [batch, head, query_pos, top_k] stay O(n)
+    query_offset = _check_query_offset(query_offset, query_pos, key_pos)
     dev = q.device
     key_padding_mask = _check_mask("key_padding_mask", key_padding_mask, batch, key_pos, dev)
     key_set = _check_mask("key_set", key_set, batch, key_pos, dev)
     if "mass_keyset" in stats and key_set is None:
         raise ValueError("stat 'mass_keyset' needs key_set (bool [batch, key_pos])")
-    if token_ids is not None:
-        if not isinstance(token_ids, torch.Tensor) or tuple(token_ids.shape) != (batch, key_pos):
-            shape = (
-                tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
-            )
-            raise ValueError(
-                f"token_ids must be an integer tensor of shape [batch, key_pos] = "
-                f"{(batch, key_pos)}, got {shape}"
-            )
-        if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
-            raise ValueError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
-        token_ids = token_ids.to(device=dev, dtype=torch.int64)
-    elif stats & TOKEN_STATS:
-        raise ValueError(
-            f"stats {sorted(stats & TOKEN_STATS)} need token_ids (int64 [batch, key_pos]); got token_ids=None"
-        )
-    if row_lse is not None:
-        if not isinstance(row_lse, torch.Tensor) or tuple(row_lse.shape) != (batch, head, query_pos):
-            shape = tuple(row_lse.shape) if isinstance(row_lse, torch.Tensor) else type(row_lse).__name__
-            raise ValueError(
-                f"row_lse must have shape [batch, head, query_pos] = {(batch, head, query_pos)}, got {shape}"
-            )
-        row_lse = row_lse.to(dev)
+    token_ids = _check_token_ids(token_ids, stats, batch, key_pos, dev)
+    row_lse = _check_row_lse(row_lse, batch, head, query_pos, dev)
     return StatsSpec(
         stats,
         float(scale),

@@ -142,6 +142,178 @@ def _merge_topk(v1, i1, v2, i2, kk):
     return torch.gather(v, -1, o), torch.gather(i, -1, o)
 
 
+_MASS_STATS = ("mass_first", "mass_keyset", "mass_recent", "mass_self", "prev_token", "attn_distance", "duplicate",
+               "induction")
+
+
+class _State:
+    """The accumulators of one ``chunked_stats`` call: row buffers [batch, head, query_pos], column buffers
+    [batch, head, key_pos], running max / argmax / top-k."""
+
+    def __init__(self, spec: StatsSpec, B, H, Q, N, cd, dev):
+        st, kk = spec.stats, spec.top_k
+        self.need_ent = bool(st & {"entropy", "entropy_norm"})
+        self.need_col = bool(st & {"col_sum", "col_alpha", "col_entropy"})
+        self.need_cent = "col_entropy" in st
+        self.need_top = bool(st & {"argmax", "topk", "max"})
+        self.need_dist = bool(st & {"mass_recent", "attn_distance", "duplicate", "induction"})
+        rz = lambda: torch.zeros(B, H, Q, dtype=cd, device=dev)  # noqa: E731
+        self.acc = {name: rz() for name in _MASS_STATS if name in st}
+        self.ent = rz() if self.need_ent else None
+        self.lse = torch.empty(B, H, Q, dtype=cd, device=dev)
+        self.mx = torch.full((B, H, Q), -math.inf, dtype=cd, device=dev)
+        self.amax_idx = torch.full((B, H, Q), -1, dtype=torch.int64, device=dev)
+        self.top_v = torch.full((B, H, Q, kk), -math.inf, dtype=cd, device=dev) if "topk" in st else None
+        self.top_i = torch.full((B, H, Q, kk), -1, dtype=torch.int64, device=dev) if "topk" in st else None
+        self.col = torch.zeros(B, H, N, dtype=cd, device=dev) if self.need_col else None
+        self.calog = torch.zeros(B, H, N, dtype=cd, device=dev) if self.need_cent else None
+        tok = spec.token_ids
+        self.ptok = None if tok is None else torch.cat([torch.full_like(tok[:, :1], -1), tok[:, :-1]], 1)
+        self.keyset = spec.key_set.to(cd) if spec.key_set is not None else None
+        self.ones = torch.ones(Q, dtype=cd, device=dev)[None, None, None, :].expand(B, H, 1, Q)
+
+
+def _strip_lse(tl: _Tiler, q0, T, tiles):
+    """Row LSE [batch, head, T] of one strip: None (single tile: computed in pass 2), given, or online."""
+    if len(tiles) == 1:
+        return None
+    if tl.spec.row_lse is not None:
+        return tl.spec.row_lse[:, :, q0 : q0 + T].to(tl.cd)
+    lse = torch.full((tl.B, tl.H, T), -math.inf, dtype=tl.cd, device=tl.dev)
+    for j0, j1 in tiles:  # pass 1: online LSE over key tiles
+        _, _, lse_t = tl.softmax(tl.logits(q0, T, j0, j1))
+        lse = torch.logaddexp(lse, lse_t)
+    return lse
+
+
+def _update_max_topk(s: _State, st, kk, S, q0, T, j0, single):
+    """Running max / argmax (earliest index on ties) / top-k of the raw logits; returns the row max or None."""
+    if not s.need_top:
+        return None
+    r = slice(q0, q0 + T)
+    if "argmax" in st:
+        m_raw, i_raw = S.max(-1)
+        s.amax_idx[..., r] = torch.where(m_raw > s.mx[..., r], i_raw + j0, s.amax_idx[..., r])
+    else:
+        m_raw = S.amax(-1)
+    s.mx[..., r] = torch.maximum(s.mx[..., r], m_raw)
+    if "topk" in st:
+        v, i = _tile_topk(S, kk, j0)
+        if single:
+            s.top_v[..., r, : v.shape[-1]], s.top_i[..., r, : v.shape[-1]] = v, i
+        else:
+            s.top_v[..., r, :], s.top_i[..., r, :] = _merge_topk(s.top_v[..., r, :], s.top_i[..., r, :], v, i, kk)
+    return m_raw
+
+
+def _add_masses(s: _State, spec: StatsSpec, A, q0, a0, j0, dist):
+    """Row masses of the tile ``A`` [batch, head, T, W]: first keys, key set, recent window, self, previous."""
+    st, acc, (T, W) = spec.stats, s.acc, A.shape[-2:]
+    r = slice(q0, q0 + T)
+    if "mass_first" in st and j0 < spec.sink_k:
+        acc["mass_first"][..., r] += A[..., : spec.sink_k - j0].sum(-1)
+    if "mass_keyset" in st:
+        B, H = A.shape[:2]
+        acc["mass_keyset"][..., r] += (A.reshape(B, H * T, W) @ s.keyset[:, j0 : j0 + W, None]).view(B, H, T)
+    if "mass_recent" in st:
+        c0 = max(0, a0 - spec.recent_w + 1 - j0)
+        if c0 < W:
+            acc["mass_recent"][..., r] += _vecdot(A[..., c0:], dist[:, c0:] < spec.recent_w)
+    for name, shift in (("mass_self", 0), ("prev_token", 1)):
+        if name in st:
+            o = a0 - shift - j0  # column of row t is t + o
+            t0, t1 = max(0, -o), min(T, W - o)
+            if t1 > t0:
+                acc[name][..., q0 + t0 : q0 + t1] += torch.diagonal(A, offset=o, dim1=-2, dim2=-1)
+    if "attn_distance" in st:
+        d = dist.clamp(min=0)
+        if spec.distance_cap is not None:
+            d = d.clamp(max=spec.distance_cap)
+        acc["attn_distance"][..., r] += _vecdot(A, d)
+
+
+def _add_tokens(s: _State, spec: StatsSpec, A, q0, a0, j0, dist):
+    """Duplicate-token and induction mass of the tile (keys holding / following the query's token)."""
+    st, tok, (T, W) = spec.stats, spec.token_ids, A.shape[-2:]
+    if tok is None or not st & {"duplicate", "induction"}:
+        return
+    qtok = tok[:, a0 : a0 + T, None]  # [B, T, 1]
+    if "duplicate" in st:
+        w = (tok[:, None, j0 : j0 + W] == qtok) & (dist > 0)
+        s.acc["duplicate"][..., q0 : q0 + T] += _vecdot(A, w[:, None])
+    if "induction" in st:
+        w = (s.ptok[:, None, j0 : j0 + W] == qtok) & (torch.arange(j0, j0 + W, device=A.device) >= 1)
+        s.acc["induction"][..., q0 : q0 + T] += _vecdot(A, w[:, None])
+
+
+def _add_columns_entropy(s: _State, A, S, m, lse_eff, fac, q0, j0):
+    """Column sums, sum_i A log A per column and row entropy (S holds S - m; overwritten in place)."""
+    T, W = A.shape[-2:]
+    ones = s.ones[..., :T]
+    if s.need_col:
+        s.col[..., j0 : j0 + W] += (ones @ A).squeeze(-2)
+    if not (s.need_ent or s.need_cent):
+        return
+    if s.need_cent:
+        s.calog[..., j0 : j0 + W] += ((m - lse_eff)[:, :, None, :] @ A).squeeze(-2)
+    S.mul_(A)  # A (S - m), in place: S is not needed any more (no fresh allocation)
+    if s.need_cent:
+        s.calog[..., j0 : j0 + W] += (ones @ S).squeeze(-2)
+    if s.need_ent:
+        rowsum = torch.ones_like(m) if fac is None else fac
+        s.ent[..., q0 : q0 + T] -= S.sum(-1) + (m - lse_eff) * rowsum
+
+
+def _strip(tl: _Tiler, s: _State, q0, T, k_tile):
+    """Every statistic of the query rows q0..q0+T-1, from their causal (and windowed) key tiles."""
+    spec = tl.spec
+    a0, a1 = q0 + spec.query_offset, q0 + spec.query_offset + T
+    lo = 0 if spec.window is None else max(0, a0 - spec.window + 1)
+    tiles = [(j, min(a1, j + k_tile)) for j in range(lo, a1, k_tile)]
+    valid = tl.valid[:, q0 : q0 + T][:, None, :]  # [B, 1, T]
+    all_valid, single = bool(valid.all()), len(tiles) == 1
+    lse = _strip_lse(tl, q0, T, tiles)
+    absi = torch.arange(a0, a1, device=tl.dev)
+    for j0, j1 in tiles:
+        S = tl.logits(q0, T, j0, j1)
+        m_raw = _update_max_topk(s, spec.stats, spec.top_k, S, q0, T, j0, single)
+        A, m, lse_t = tl.softmax(S, m_raw)  # S now holds S - m
+        if single:
+            lse = lse_t
+        lse_eff = lse if all_valid else torch.where(valid, lse, BIG)
+        fac = None if single and all_valid else torch.exp(lse_t - lse_eff)
+        if fac is not None:
+            A.mul_(fac[..., None])
+        dist = absi[:, None] - torch.arange(j0, j1, device=tl.dev)[None, :] if s.need_dist else None  # abs_i - j
+        _add_masses(s, spec, A, q0, a0, j0, dist)
+        _add_tokens(s, spec, A, q0, a0, j0, dist)
+        _add_columns_entropy(s, A, S, m, lse_eff, fac, q0, j0)
+    s.lse[..., q0 : q0 + T] = lse
+
+
+def _outputs(s: _State, tl: _Tiler) -> dict:
+    st, valid_b = tl.spec.stats, tl.valid[:, None, :]
+    out = dict(s.acc)
+    if "lse" in st:
+        out["lse"] = torch.where(valid_b, s.lse, -math.inf)
+    if "max" in st:
+        out["max"] = torch.where(valid_b, s.mx, -math.inf)
+    if "argmax" in st:
+        out["argmax"] = torch.where(valid_b, s.amax_idx, -1)
+    if "topk" in st:
+        ok = valid_b[..., None] & (s.top_v > NEG / 2) & (s.top_i >= 0)
+        lse_b = torch.where(valid_b, s.lse, 0.0)[..., None]
+        out["topk_idx"] = torch.where(ok, s.top_i, -1)
+        out["topk_prob"] = torch.where(ok, torch.exp(torch.where(ok, s.top_v - lse_b, 0.0)), 0.0)
+    if s.need_ent:
+        out["entropy" if "entropy" in st else "_entropy"] = torch.where(valid_b, s.ent, 0.0).clamp(min=0)
+    if s.need_col:
+        out["col_sum" if "col_sum" in st else "_col_sum"] = s.col
+    if s.need_cent:
+        out["_col_alogA"] = s.calog
+    return out
+
+
 @torch.no_grad()
 def chunked_stats(
     q: torch.Tensor,
@@ -165,150 +337,7 @@ def chunked_stats(
     q_tile = min(Q, q_tile or qt_auto)
     k_tile = k_tile or kt_auto
     tl = _Tiler(q, k, spec, q_tile, k_tile)
-    st, dev, off = spec.stats, q.device, spec.query_offset
-    rz = lambda: torch.zeros(B, H, Q, dtype=cd, device=dev)  # noqa: E731
-    need_ent = bool(st & {"entropy", "entropy_norm"})
-    need_col = bool(st & {"col_sum", "col_alpha", "col_entropy"})
-    need_cent = "col_entropy" in st
-    need_top = bool(st & {"argmax", "topk", "max"})
-    need_dist = bool(st & {"mass_recent", "attn_distance", "duplicate", "induction"})
-    acc = {}
-    for name in (
-        "mass_first",
-        "mass_keyset",
-        "mass_recent",
-        "mass_self",
-        "prev_token",
-        "attn_distance",
-        "duplicate",
-        "induction",
-    ):
-        if name in st:
-            acc[name] = rz()
-    ent = rz() if need_ent else None
-    lse_out = torch.empty(B, H, Q, dtype=cd, device=dev)
-    mx = torch.full((B, H, Q), -math.inf, dtype=cd, device=dev)
-    amax_idx = torch.full((B, H, Q), -1, dtype=torch.int64, device=dev)
-    kk = spec.top_k
-    top_v = torch.full((B, H, Q, kk), -math.inf, dtype=cd, device=dev) if "topk" in st else None
-    top_i = torch.full((B, H, Q, kk), -1, dtype=torch.int64, device=dev) if "topk" in st else None
-    col = torch.zeros(B, H, N, dtype=cd, device=dev) if need_col else None
-    calog = torch.zeros(B, H, N, dtype=cd, device=dev) if need_cent else None
-    tok = spec.token_ids
-    if tok is not None:
-        ptok = torch.cat([torch.full_like(tok[:, :1], -1), tok[:, :-1]], 1)  # tok_{j-1}
-    keyset = spec.key_set.to(cd) if spec.key_set is not None else None
-
-    ones = torch.ones(q_tile, dtype=cd, device=dev)[None, None, None, :].expand(B, H, 1, q_tile)
+    s = _State(spec, B, H, Q, N, cd, q.device)
     for q0 in range(0, Q, q_tile):
-        T = min(q_tile, Q - q0)
-        a0, a1 = q0 + off, q0 + off + T
-        lo = 0 if spec.window is None else max(0, a0 - spec.window + 1)
-        tiles = [(j, min(a1, j + k_tile)) for j in range(lo, a1, k_tile)]
-        valid = tl.valid[:, q0 : q0 + T][:, None, :]  # [B, 1, T]
-        all_valid = bool(valid.all())
-        single = len(tiles) == 1
-        if single:
-            lse = None
-        elif spec.row_lse is not None:
-            lse = spec.row_lse[:, :, q0 : q0 + T].to(cd)
-        else:  # pass 1: online LSE over key tiles
-            lse = torch.full((B, H, T), -math.inf, dtype=cd, device=dev)
-            for j0, j1 in tiles:
-                _, _, lse_t = tl.softmax(tl.logits(q0, T, j0, j1))
-                lse = torch.logaddexp(lse, lse_t)
-        absi = torch.arange(a0, a1, device=dev)
-        for j0, j1 in tiles:
-            W = j1 - j0
-            S = tl.logits(q0, T, j0, j1)
-            m_raw = None
-            if need_top:
-                if "argmax" in st:
-                    m_raw, i_raw = S.max(-1)
-                    upd = m_raw > mx[..., q0 : q0 + T]
-                    amax_idx[..., q0 : q0 + T] = torch.where(upd, i_raw + j0, amax_idx[..., q0 : q0 + T])
-                else:
-                    m_raw = S.amax(-1)
-                mx[..., q0 : q0 + T] = torch.maximum(mx[..., q0 : q0 + T], m_raw)
-                if "topk" in st:
-                    v, i = _tile_topk(S, kk, j0)
-                    if single:
-                        top_v[..., q0 : q0 + T, : v.shape[-1]], top_i[..., q0 : q0 + T, : v.shape[-1]] = v, i
-                    else:
-                        top_v[..., q0 : q0 + T, :], top_i[..., q0 : q0 + T, :] = _merge_topk(
-                            top_v[..., q0 : q0 + T, :], top_i[..., q0 : q0 + T, :], v, i, kk
-                        )
-            A, m, lse_t = tl.softmax(S, m_raw)  # S now holds S - m
-            if single:
-                lse = lse_t
-            lse_eff = lse if all_valid else torch.where(valid, lse, BIG)
-            if single and all_valid:
-                fac = None
-            else:
-                fac = torch.exp(lse_t - lse_eff)
-                A.mul_(fac[..., None])
-            rowsum = (lambda m=m: torch.ones_like(m)) if fac is None else (lambda f=fac: f)
-            if need_dist:
-                jj = torch.arange(j0, j1, device=dev)
-                dist = absi[:, None] - jj[None, :]  # [T, W]: abs_i - j
-            if "mass_first" in st and j0 < spec.sink_k:
-                acc["mass_first"][..., q0 : q0 + T] += A[..., : spec.sink_k - j0].sum(-1)
-            if "mass_keyset" in st:
-                acc["mass_keyset"][..., q0 : q0 + T] += (
-                    A.reshape(B, H * T, W) @ keyset[:, j0:j1, None]
-                ).view(B, H, T)
-            if "mass_recent" in st:
-                c0 = max(0, a0 - spec.recent_w + 1 - j0)
-                if c0 < W:
-                    acc["mass_recent"][..., q0 : q0 + T] += _vecdot(A[..., c0:], dist[:, c0:] < spec.recent_w)
-            for name, shift in (("mass_self", 0), ("prev_token", 1)):
-                if name in st:
-                    o = a0 - shift - j0  # column of row t is t + o
-                    t0, t1 = max(0, -o), min(T, W - o)
-                    if t1 > t0:
-                        acc[name][..., q0 + t0 : q0 + t1] += torch.diagonal(A, offset=o, dim1=-2, dim2=-1)
-            if "attn_distance" in st:
-                d = dist.clamp(min=0)
-                if spec.distance_cap is not None:
-                    d = d.clamp(max=spec.distance_cap)
-                acc["attn_distance"][..., q0 : q0 + T] += _vecdot(A, d)
-            if tok is not None and st & {"duplicate", "induction"}:
-                qtok = tok[:, a0:a1, None]  # [B, T, 1]
-                if "duplicate" in st:
-                    w = (tok[:, None, j0:j1] == qtok) & (dist > 0)
-                    acc["duplicate"][..., q0 : q0 + T] += _vecdot(A, w[:, None])
-                if "induction" in st:
-                    w = (ptok[:, None, j0:j1] == qtok) & (jj >= 1)
-                    acc["induction"][..., q0 : q0 + T] += _vecdot(A, w[:, None])
-            if need_col:
-                col[..., j0:j1] += (ones[..., :T] @ A).squeeze(-2)
-            if need_ent or need_cent:
-                if need_cent:
-                    calog[..., j0:j1] += ((m - lse_eff)[:, :, None, :] @ A).squeeze(-2)
-                S.mul_(A)  # A (S - m), in place: S is not needed any more (no fresh allocation)
-                if need_cent:
-                    calog[..., j0:j1] += (ones[..., :T] @ S).squeeze(-2)
-                ads = S.sum(-1) if need_ent else None
-                if need_ent:
-                    ent[..., q0 : q0 + T] -= ads + (m - lse_eff) * rowsum()
-        lse_out[..., q0 : q0 + T] = lse
-    out = dict(acc)
-    valid_b = tl.valid[:, None, :]
-    if "lse" in st:
-        out["lse"] = torch.where(valid_b, lse_out, -math.inf)
-    if "max" in st:
-        out["max"] = torch.where(valid_b, mx, -math.inf)
-    if "argmax" in st:
-        out["argmax"] = torch.where(valid_b, amax_idx, -1)
-    if "topk" in st:
-        ok = valid_b[..., None] & (top_v > NEG / 2) & (top_i >= 0)
-        lse_b = torch.where(valid_b, lse_out, 0.0)[..., None]
-        out["topk_idx"] = torch.where(ok, top_i, -1)
-        out["topk_prob"] = torch.where(ok, torch.exp(torch.where(ok, top_v - lse_b, 0.0)), 0.0)
-    if need_ent:
-        out["entropy" if "entropy" in st else "_entropy"] = torch.where(valid_b, ent, 0.0).clamp(min=0)
-    if need_col:
-        out["col_sum" if "col_sum" in st else "_col_sum"] = col
-    if need_cent:
-        out["_col_alogA"] = calog
-    return finalize(out, spec, B, Q, N, dev)
+        _strip(tl, s, q0, min(q_tile, Q - q0), k_tile)
+    return finalize(_outputs(s, tl), spec, B, Q, N, q.device)

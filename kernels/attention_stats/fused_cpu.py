@@ -140,6 +140,132 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _plan(spec: StatsSpec, B, H, Q, q_tile, k_tile, tile_elems) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """Row strips ``(q0, T, [(j0, j1), ...])``: each strip's causal (and windowed) key range in key tiles; a
+    strip is "single" when one key tile covers all its allowed keys."""
+    off = spec.query_offset
+
+    def lo_of(a0):
+        return 0 if spec.window is None else max(0, a0 - spec.window + 1)
+
+    if spec.row_lse is not None:  # the one-pass kernel: fixed tiles
+        k_tile = k_tile or 512
+        q_tile = q_tile or max(1, min(128, tile_elems // (B * H * k_tile)))
+    plan, q0 = [], 0
+    while q0 < Q:
+        if q_tile:
+            T = min(q_tile, Q - q0)
+        else:
+            T = 256
+            while T > 1 and B * H * T * (q0 + off + T - lo_of(q0 + off)) > tile_elems:
+                T //= 2
+            T = min(T, Q - q0)
+        a0 = q0 + off
+        kt = k_tile or max(1, tile_elems // (B * H * T))
+        plan.append((q0, T, [(j, min(a0 + T, j + kt)) for j in range(lo_of(a0), a0 + T, kt)]))
+        q0 += T
+    return plan
+
+
+def _flags(st) -> int:
+    flags = 0
+    for name in st:
+        flags |= _FLAGS.get(name, 0)
+    return flags
+
+
+class _Launch:
+    """The buffers and kernel arguments of one ``fused_stats`` call; ``tile`` runs the C sweep on one tile."""
+
+    def __init__(self, q, k, v, spec: StatsSpec, plan):
+        B, H, Q, D = q.shape
+        KV, N = k.shape[1], k.shape[2]
+        st, dev, nt = spec.stats, q.device, max(1, torch.get_num_threads())
+        self.B, self.H, self.Q, self.D, self.KV, self.G, self.N = B, H, Q, D, KV, H // KV, N
+        self.off, self.lib = spec.query_offset, load()
+        f32 = dict(dtype=torch.float32, device=dev)
+        pre = spec.scale / spec.softcap if spec.softcap is not None else spec.scale
+        self.qg = (q.float() * pre).view(B, KV, self.G, Q, D)
+        self.kT = k.float().transpose(-1, -2).contiguous()  # [batch, kv_head, d_head, key_pos]
+        self.v3 = None if v is None else v.float().contiguous().view(B * KV, N, D)
+        self.hint = spec.row_lse is not None
+        self.lse = spec.row_lse.float().contiguous().clone() if self.hint else torch.full((B, H, Q), NEG, **f32)
+        w_max = max(j1 - j0 for _, _, tiles in plan for j0, j1 in tiles)
+        self.buf = torch.empty(max(B * H * T * (j1 - j0) for _, T, tiles in plan for j0, j1 in tiles), **f32)
+        self.need_col = bool(st & {"col_sum", "col_alpha", "col_entropy"})
+        colbuf = torch.empty(nt * 2 * B * H * w_max, **f32) if self.need_col else None
+        pbuf = torch.empty(nt * w_max, **f32)
+        self.ostrip = torch.empty(B * H * max(T for _, T, _ in plan) * D, **f32) if v is not None else None
+        self.acc = {name: torch.zeros(B, H, Q, **f32) for name in _ROW_ACC
+                    if name in st or (name == "entropy" and "entropy_norm" in st)}
+        self.mx = torch.full((B, H, Q), NEG, **f32)
+        self.amax = torch.full((B, H, Q), -1, dtype=torch.int64, device=dev)
+        self.col = torch.zeros(B, H, N, **f32) if self.need_col else None
+        self.calog = torch.zeros(B, H, N, **f32) if "col_entropy" in st else None
+        self.rl = torch.zeros(B, H, Q, **f32)
+        u8 = lambda m: None if m is None else m.to(torch.uint8).contiguous()  # noqa: E731
+        self.keep = (u8(spec.key_padding_mask), u8(spec.key_set),
+                     None if spec.token_ids is None else spec.token_ids.contiguous(), colbuf, pbuf)
+        kpm, kset, tok = self.keep[:3]
+        self.args = _Args(
+            BH=B * H, H=H, Q=Q, N=N, window=spec.window or 0, sink_k=spec.sink_k, recent_w=spec.recent_w,
+            dist_cap=-1 if spec.distance_cap is None else spec.distance_cap, nthreads=nt,
+            softcap=spec.softcap or 0.0, S=_ptr(self.buf), lse=_ptr(self.lse), rl=_ptr(self.rl), kpm=_ptr(kpm),
+            keyset=_ptr(kset), tok=_ptr(tok), mx=_ptr(self.mx), amax=_ptr(self.amax), col=_ptr(self.col),
+            calog=_ptr(self.calog), colbuf=_ptr(colbuf), pbuf=_ptr(pbuf),
+            **{f: _ptr(self.acc.get(n)) for n, f in zip(_ROW_ACC, _ROW_FIELDS)})
+        self.ap = ctypes.byref(self.args)
+
+    def tile(self, q0, T, j0, j1, fl, first=True):
+        """Logits of rows q0..q0+T-1 × keys j0..j1-1 (one matmul), the C sweep over them, and with ``v`` the
+        attention output rows ``+= A @ v`` from the same tile."""
+        B, KV, G, D, W = self.B, self.KV, self.G, self.D, j1 - j0
+        S = self.buf[: B * self.H * T * W].view(B, KV, G * T, W)
+        torch.matmul(self.qg[:, :, :, q0 : q0 + T].reshape(B, KV, G * T, D), self.kT[..., j0:j1], out=S)
+        if self.v3 is not None and not fl & F_LSE_PASS:
+            fl |= F_WRITE_P
+        a = self.args
+        a.T, a.W, a.q0, a.a0, a.j0, a.flags = T, W, q0, q0 + self.off, j0, fl
+        self.lib.interp_tile_stats(self.ap)
+        if fl & F_WRITE_P:  # S now holds A (0 where masked): out rows += A @ v
+            o = self.ostrip[: B * KV * G * T * D].view(B * KV, G * T, D)
+            if first:
+                torch.bmm(S.view(B * KV, G * T, W), self.v3[:, j0:j1], out=o)
+            else:
+                o.baddbmm_(S.view(B * KV, G * T, W), self.v3[:, j0:j1])
+
+    def strip(self, q0, T, tiles, flags):
+        """Every statistic of one row strip: inline LSE (one tile), given LSE, or an online-LSE pass first."""
+        if not self.hint and len(tiles) == 1:
+            self.tile(q0, T, *tiles[0], flags | F_LSE_INLINE)
+            return
+        if not self.hint:  # online LSE over the key tiles first, then the statistics pass
+            for j0, j1 in tiles:
+                self.tile(q0, T, j0, j1, F_LSE_PASS)
+            sl = self.lse[:, :, q0 : q0 + T]
+            sl.copy_(sl + torch.log(self.rl[:, :, q0 : q0 + T].clamp_min(1e-30)))
+        for n_t, (j0, j1) in enumerate(tiles):
+            self.tile(q0, T, j0, j1, flags, first=n_t == 0)
+
+    def outputs(self, spec: StatsSpec) -> dict:
+        st, acc = spec.stats, self.acc
+        valid = row_valid(spec, self.B, self.Q, self.lse.device)[:, None, :]
+        out = {name: acc[name] for name in _ROW_ACC if name in acc and name in st}
+        if "entropy" in acc:
+            out["entropy" if "entropy" in st else "_entropy"] = torch.where(valid, acc["entropy"], 0.0).clamp(min=0)
+        if "lse" in st:
+            out["lse"] = torch.where(valid, self.lse, -torch.inf)
+        if "max" in st:
+            out["max"] = torch.where(valid, self.mx, -torch.inf)
+        if "argmax" in st:
+            out["argmax"] = torch.where(valid, self.amax, -1)
+        if self.need_col:
+            out["col_sum" if "col_sum" in st else "_col_sum"] = self.col
+        if self.calog is not None:
+            out["_col_alogA"] = self.calog
+        return out
+
+
 @torch.no_grad()
 def fused_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, v: torch.Tensor | None = None,
                 q_tile: int | None = None, k_tile: int | None = None, tile_elems: int = _TILE_ELEMS):
@@ -153,124 +279,17 @@ def fused_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec, *, v: torch.T
     """
     if not spec.stats <= SUPPORTED:
         raise ValueError(f"the fused CPU path does not compute {sorted(spec.stats - SUPPORTED)}; use impl='chunked'")
-    lib = load()
+    if v is not None and v.shape != k.shape:
+        raise ValueError(f"v must have k's shape {tuple(k.shape)} ([batch, kv_head, key_pos, d_head]), "
+                         f"got {tuple(v.shape)}")
     B, H, Q, D = q.shape
-    KV, N = k.shape[1], k.shape[2]
-    G, st, off, dev = H // KV, spec.stats, spec.query_offset, q.device
-    pre = spec.scale / spec.softcap if spec.softcap is not None else spec.scale
-    qg = (q.float() * pre).view(B, KV, G, Q, D)
-    kT = k.float().transpose(-1, -2).contiguous()  # [batch, kv_head, d_head, key_pos]
-    if v is not None:
-        if v.shape != k.shape:
-            raise ValueError(f"v must have k's shape {tuple(k.shape)} ([batch, kv_head, key_pos, d_head]), "
-                             f"got {tuple(v.shape)}")
-        v3 = v.float().contiguous().view(B * KV, N, D)
-        out_v = torch.empty(B, KV, G, Q, D, dtype=torch.float32, device=q.device)
-    nt = max(1, torch.get_num_threads())
-    f32 = dict(dtype=torch.float32, device=dev)
-
-    def width(a0, T):  # keys a strip of T rows starting at absolute position a0 may attend
-        lo = 0 if spec.window is None else max(0, a0 - spec.window + 1)
-        return a0 + T - lo
-
-    hint = spec.row_lse is not None
-    lse = (spec.row_lse.float().contiguous().clone() if hint else torch.full((B, H, Q), NEG, **f32))
-    if hint:
-        qt_fix = q_tile or max(1, min(128, tile_elems // (B * H * (k_tile or 512))))
-        kt_fix = k_tile or 512
-    else:
-        qt_fix, kt_fix = q_tile, k_tile
-    # strips: (q0, T); a strip is "single" when one key tile covers all its allowed keys
-    strips, q0 = [], 0
-    while q0 < Q:
-        if qt_fix:
-            T = min(qt_fix, Q - q0)
-        else:
-            T = 256
-            while T > 1 and B * H * T * width(q0 + off, T) > tile_elems:
-                T //= 2
-            T = min(T, Q - q0)
-        strips.append((q0, T))
-        q0 += T
-    plan = []  # (q0, T, [(j0, j1), ...])
-    for q0, T in strips:
-        a0, a1 = q0 + off, q0 + off + T
-        lo = 0 if spec.window is None else max(0, a0 - spec.window + 1)
-        kt = kt_fix or max(1, tile_elems // (B * H * T))
-        plan.append((q0, T, [(j, min(a1, j + kt)) for j in range(lo, a1, kt)]))
-    Wmax = max(j1 - j0 for _, _, tiles in plan for j0, j1 in tiles)
-    buf = torch.empty(max(B * H * T * (j1 - j0) for _, T, tiles in plan for j0, j1 in tiles), **f32)
-    need_col = bool(st & {"col_sum", "col_alpha", "col_entropy"})
-    colbuf = torch.empty(nt * 2 * B * H * Wmax, **f32) if need_col else None
-    pbuf = torch.empty(nt * Wmax, **f32)
-    ostrip = torch.empty(B * H * max(T for _, T, _ in plan) * D, **f32) if v is not None else None
-    acc = {name: torch.zeros(B, H, Q, **f32) for name in _ROW_ACC if name in st or (name == "entropy" and
-                                                                                      "entropy_norm" in st)}
-    mx = torch.full((B, H, Q), NEG, **f32)
-    amax = torch.full((B, H, Q), -1, dtype=torch.int64, device=dev)
-    col = torch.zeros(B, H, N, **f32) if need_col else None
-    calog = torch.zeros(B, H, N, **f32) if "col_entropy" in st else None
-    rl = torch.zeros(B, H, Q, **f32)
-    kpm = spec.key_padding_mask.to(torch.uint8).contiguous() if spec.key_padding_mask is not None else None
-    kset = spec.key_set.to(torch.uint8).contiguous() if spec.key_set is not None else None
-    tok = spec.token_ids.contiguous() if spec.token_ids is not None else None
-    flags = 0
-    for name in st:
-        flags |= _FLAGS.get(name, 0)
-
-    a = _Args(BH=B * H, H=H, Q=Q, N=N, window=spec.window or 0, sink_k=spec.sink_k, recent_w=spec.recent_w,
-              dist_cap=-1 if spec.distance_cap is None else spec.distance_cap, nthreads=nt,
-              softcap=spec.softcap or 0.0, S=_ptr(buf), lse=_ptr(lse), rl=_ptr(rl), kpm=_ptr(kpm),
-              keyset=_ptr(kset), tok=_ptr(tok), mx=_ptr(mx), amax=_ptr(amax), col=_ptr(col), calog=_ptr(calog),
-              colbuf=_ptr(colbuf), pbuf=_ptr(pbuf),
-              **{f: _ptr(acc.get(n)) for n, f in zip(_ROW_ACC, _ROW_FIELDS)})
-    ap = ctypes.byref(a)
-
-    def run_tile(q0, T, j0, j1, fl, first=True):
-        W = j1 - j0
-        S = buf[: B * H * T * W].view(B, KV, G * T, W)
-        torch.matmul(qg[:, :, :, q0 : q0 + T].reshape(B, KV, G * T, D), kT[..., j0:j1], out=S)
-        if v is not None and not fl & F_LSE_PASS:
-            fl |= F_WRITE_P
-        a.T, a.W, a.q0, a.a0, a.j0, a.flags = T, W, q0, q0 + off, j0, fl
-        lib.interp_tile_stats(ap)
-        if fl & F_WRITE_P:  # S now holds A (0 where masked): out rows += A @ v
-            o = ostrip[: B * KV * G * T * D].view(B * KV, G * T, D)
-            if first:
-                torch.bmm(S.view(B * KV, G * T, W), v3[:, j0:j1], out=o)
-            else:
-                o.baddbmm_(S.view(B * KV, G * T, W), v3[:, j0:j1])
-
+    plan = _plan(spec, B, H, Q, q_tile, k_tile, tile_elems)
+    run = _Launch(q, k, v, spec, plan)
+    flags = _flags(spec.stats)
+    out_v = torch.empty(B, run.KV, run.G, Q, D, dtype=torch.float32, device=q.device) if v is not None else None
     for q0, T, tiles in plan:
-        if not hint and len(tiles) == 1:
-            run_tile(q0, T, *tiles[0], flags | F_LSE_INLINE)
-        else:
-            if not hint:  # online LSE over the key tiles first, then the statistics pass
-                for j0, j1 in tiles:
-                    run_tile(q0, T, j0, j1, F_LSE_PASS)
-                sl = lse[:, :, q0 : q0 + T]
-                sl.copy_(sl + torch.log(rl[:, :, q0 : q0 + T].clamp_min(1e-30)))
-            for n_t, (j0, j1) in enumerate(tiles):
-                run_tile(q0, T, j0, j1, flags, first=n_t == 0)
+        run.strip(q0, T, tiles, flags)
         if v is not None:
-            out_v[:, :, :, q0 : q0 + T] = ostrip[: B * KV * G * T * D].view(B, KV, G, T, D)
-
-    valid = row_valid(spec, B, Q, dev)[:, None, :]
-    out = {}
-    for name in _ROW_ACC:
-        if name in acc and name in st:
-            out[name] = acc[name]
-    if "entropy" in acc:
-        out["entropy" if "entropy" in st else "_entropy"] = torch.where(valid, acc["entropy"], 0.0).clamp(min=0)
-    if "lse" in st:
-        out["lse"] = torch.where(valid, lse, -torch.inf)
-    if "max" in st:
-        out["max"] = torch.where(valid, mx, -torch.inf)
-    if "argmax" in st:
-        out["argmax"] = torch.where(valid, amax, -1)
-    if need_col:
-        out["col_sum" if "col_sum" in st else "_col_sum"] = col
-    if calog is not None:
-        out["_col_alogA"] = calog
-    res = finalize(out, spec, B, Q, N, dev)
+            out_v[:, :, :, q0 : q0 + T] = run.ostrip[: B * run.KV * run.G * T * D].view(B, run.KV, run.G, T, D)
+    res = finalize(run.outputs(spec), spec, B, Q, k.shape[2], q.device)
     return res if v is None else (out_v.view(B, H, Q, D), res)

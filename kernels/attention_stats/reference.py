@@ -62,47 +62,9 @@ def reference_pattern(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec):
     return A, sm, allowed
 
 
-def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[str, torch.Tensor]:
-    """Dense float64 stats.
-
-    q: [batch, head, query_pos, d_head]; k: [batch, kv_head, key_pos, d_head].
-    Returns row stats [batch, head, query_pos] (topk_* [batch, head, query_pos, top_k]) and column stats
-    [batch, head, key_pos]; float64 values, int64 indices.
-    """
-    batch, head, query_pos, _ = q.shape
-    key_pos = k.shape[2]
-    dev, st, f64 = q.device, spec.stats, torch.float64
-    A, sm, allowed = reference_pattern(q, k, spec)
-    valid_row = allowed.any(-1)  # [batch, 1, query_pos]
-    lse = torch.logsumexp(sm, -1)
-    logA = torch.where(A > 0, torch.log(torch.where(A > 0, A, torch.ones_like(A))), torch.zeros_like(A))
-    absi = torch.arange(query_pos, device=dev) + spec.query_offset
-    j = torch.arange(key_pos, device=dev)
-    dist = (absi[:, None] - j[None, :]).to(f64)  # abs_i - j
-    out: dict[str, torch.Tensor] = {}
-    if "lse" in st:
-        out["lse"] = lse
-    if "max" in st:
-        out["max"] = sm.amax(-1)
-    if "entropy" in st or "entropy_norm" in st:
-        ent = -(A * logA).sum(-1)
-        out["entropy"] = ent
-        n = allowed.sum(-1)
-        out["entropy_norm"] = torch.where(
-            n > 1, ent / torch.log(n.clamp(min=2).to(f64)), torch.zeros_like(ent)
-        )
-    if "argmax" in st or "topk" in st:
-        order = torch.sort(sm, dim=-1, descending=True, stable=True).indices  # ties: smaller j first
-        ok = torch.gather(allowed.expand_as(sm), -1, order)
-        order_idx = torch.where(ok, order, torch.full_like(order, -1))
-        out["argmax"] = order_idx[..., 0]
-        kk = spec.top_k
-        idx = torch.full((batch, head, query_pos, kk), -1, dtype=torch.int64, device=dev)
-        idx[..., : min(kk, key_pos)] = order_idx[..., :kk]
-        prob = torch.where(
-            idx >= 0, torch.gather(A, -1, idx.clamp(min=0)), torch.zeros(1, dtype=f64, device=dev)
-        )
-        out["topk_idx"], out["topk_prob"] = idx, prob
+def _ref_mass(A, dist, spec: StatsSpec, st) -> dict:
+    """Row masses over key sets: first keys, a key set, recent window, self, previous token, distance."""
+    out = {}
     if "mass_first" in st:
         out["mass_first"] = A[..., : spec.sink_k].sum(-1)
     if "mass_keyset" in st:
@@ -118,32 +80,77 @@ def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[s
         if spec.distance_cap is not None:
             d = d.clamp(max=spec.distance_cap)
         out["attn_distance"] = (A * d).sum(-1)
-    if "duplicate" in st or "induction" in st:
-        tok = spec.token_ids
-        qtok = tok[:, spec.query_offset : spec.query_offset + query_pos]  # [batch, query_pos]
-        dup = (tok[:, None, :] == qtok[:, :, None]) & (j[None, None, :] < absi[None, :, None])
-        prev = torch.cat([torch.zeros_like(tok[:, :1]), tok[:, :-1]], dim=1)  # tok_{j-1}
-        ind = (
-            (prev[:, None, :] == qtok[:, :, None])
-            & (j >= 1)[None, None, :]
-            & (j[None, None, :] <= absi[None, :, None])
-        )
-        out["duplicate"] = (A * dup[:, None]).sum(-1)
-        out["induction"] = (A * ind[:, None]).sum(-1)
+    return out
+
+
+def _ref_topk(A, sm, allowed, spec: StatsSpec) -> dict:
+    """argmax and the top-k keys per row (ties: smaller key_pos first; -1 where fewer keys are allowed)."""
+    batch, head, query_pos, key_pos = sm.shape
+    order = torch.sort(sm, dim=-1, descending=True, stable=True).indices
+    ok = torch.gather(allowed.expand_as(sm), -1, order)
+    order_idx = torch.where(ok, order, torch.full_like(order, -1))
+    kk = spec.top_k
+    idx = torch.full((batch, head, query_pos, kk), -1, dtype=torch.int64, device=sm.device)
+    idx[..., : min(kk, key_pos)] = order_idx[..., :kk]
+    prob = torch.where(idx >= 0, torch.gather(A, -1, idx.clamp(min=0)),
+                       torch.zeros(1, dtype=torch.float64, device=sm.device))
+    return {"argmax": order_idx[..., 0], "topk_idx": idx, "topk_prob": prob}
+
+
+def _ref_tokens(A, spec: StatsSpec, absi, j) -> dict:
+    """Duplicate-token and induction mass: keys holding the query's token / following an earlier copy of it."""
+    tok = spec.token_ids
+    qtok = tok[:, spec.query_offset : spec.query_offset + A.shape[2]]  # [batch, query_pos]
+    dup = (tok[:, None, :] == qtok[:, :, None]) & (j[None, None, :] < absi[None, :, None])
+    prev = torch.cat([torch.zeros_like(tok[:, :1]), tok[:, :-1]], dim=1)  # tok_{j-1}
+    ind = (prev[:, None, :] == qtok[:, :, None]) & (j >= 1)[None, None, :] & (j[None, None, :] <= absi[None, :, None])
+    return {"duplicate": (A * dup[:, None]).sum(-1), "induction": (A * ind[:, None]).sum(-1)}
+
+
+def _ref_columns(A, allowed) -> dict:
+    """Column sums, the mean attention a key receives (col_alpha) and the column entropy."""
+    cs = A.sum(-2)
+    n = allowed.sum(-2)
+    out = {"col_sum": cs, "col_alpha": torch.where(n > 0, cs / n.clamp(min=1).to(torch.float64), torch.zeros_like(cs))}
+    safe = torch.where(cs > 0, cs, torch.ones_like(cs))
+    p = A / safe[..., None, :]
+    plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
+    out["col_entropy"] = -plogp.sum(-2)
+    return out
+
+
+def _ref_entropy(A, allowed) -> dict:
+    logA = torch.where(A > 0, torch.log(torch.where(A > 0, A, torch.ones_like(A))), torch.zeros_like(A))
+    ent = -(A * logA).sum(-1)
+    n = allowed.sum(-1)
+    norm = torch.where(n > 1, ent / torch.log(n.clamp(min=2).to(torch.float64)), torch.zeros_like(ent))
+    return {"entropy": ent, "entropy_norm": norm}
+
+
+def reference_stats(q: torch.Tensor, k: torch.Tensor, spec: StatsSpec) -> dict[str, torch.Tensor]:
+    """Dense float64 stats.
+
+    q: [batch, head, query_pos, d_head]; k: [batch, kv_head, key_pos, d_head].
+    Returns row stats [batch, head, query_pos] (topk_* [batch, head, query_pos, top_k]) and column stats
+    [batch, head, key_pos]; float64 values, int64 indices.
+    """
+    query_pos, key_pos, dev, st = q.shape[2], k.shape[2], q.device, spec.stats
+    A, sm, allowed = reference_pattern(q, k, spec)
+    absi = torch.arange(query_pos, device=dev) + spec.query_offset
+    j = torch.arange(key_pos, device=dev)
+    dist = (absi[:, None] - j[None, :]).to(torch.float64)  # abs_i - j
+    out: dict[str, torch.Tensor] = {"lse": torch.logsumexp(sm, -1), "max": sm.amax(-1)}
+    if st & {"entropy", "entropy_norm"}:
+        out.update(_ref_entropy(A, allowed))
+    if st & {"argmax", "topk"}:
+        out.update(_ref_topk(A, sm, allowed, spec))
+    out.update(_ref_mass(A, dist, spec, st))
+    if st & {"duplicate", "induction"}:
+        out.update(_ref_tokens(A, spec, absi, j))
     if st & {"col_sum", "col_alpha", "col_entropy"}:
-        cs = A.sum(-2)
-        out["col_sum"] = cs
-        n = allowed.sum(-2)
-        out["col_alpha"] = torch.where(n > 0, cs / n.clamp(min=1).to(f64), torch.zeros_like(cs))
-        safe = torch.where(cs > 0, cs, torch.ones_like(cs))
-        p = A / safe[..., None, :]
-        plogp = torch.where(
-            p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p)
-        )
-        out["col_entropy"] = -plogp.sum(-2)
-    if not valid_row.all():
-        inv = ~valid_row
+        out.update(_ref_columns(A, allowed))
+    inv = ~allowed.any(-1)  # [batch, 1, query_pos]: rows with no allowed key
+    if inv.any():
         for name in ("lse", "max"):
-            if name in out:
-                out[name] = out[name].masked_fill(inv, -math.inf)
+            out[name] = out[name].masked_fill(inv, -math.inf)
     return {name: out[name] for name in output_names(st)}

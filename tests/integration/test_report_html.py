@@ -1,5 +1,6 @@
-"""The report page renders in a real headless Chromium: no console errors, every figure drawn, no network, and
-every score section (head, KV-head, layer and model level) holds a drawn SVG figure or a filled table.
+"""The static report page (``interp report --static``) renders in a real headless Chromium: no console errors,
+every figure drawn, no network, and every score section (head, KV-head, layer and model level) holds a drawn
+SVG figure or a filled table.
 
 Chromium comes from Debian (``apt-get install -y chromium chromium-driver``; the CI script installs it); the
 browser tests skip only when ``/usr/bin/chromium`` is missing. Console errors are read from Chromium's own log
@@ -9,6 +10,7 @@ The atlas numbers (Jaccard, Spearman) are checked against scipy and hand-built s
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +21,14 @@ import pandas as pd
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "reports" / "screenshots"
+REPO_SHOTS = Path(__file__).resolve().parents[2] / "reports" / "screenshots"
+
+
+def screenshots(tmp_path: Path) -> Path:
+    """``reports/screenshots`` with ``INTERP_SCREENSHOTS=1``; otherwise a tmp folder (tests never write the repo)."""
+    out = REPO_SHOTS if os.environ.get("INTERP_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
     reason="needs /usr/bin/chromium (apt-get install -y chromium chromium-driver)")
@@ -125,7 +134,7 @@ def tiny_report(tmp_path_factory):
     from interp.report import run_report
 
     out = tmp_path_factory.mktemp("html") / "tiny"
-    run_report("tiny-llama", ["attention_basics"], out, n_tokens=40, progress=False)
+    run_report("tiny-llama", ["attention_basics"], out, n_tokens=40, progress=False, static=True)
     return out
 
 
@@ -169,11 +178,10 @@ def test_report_renders_in_chromium(tiny_report, tmp_path):
     ids, empty, _ = probe_sections(page, tmp_path)
     assert ids == ["attention_basics-first_token_mass", "attention_basics-entropy"] and not empty
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = tmp_path / "shot.png"
     res = chromium(page.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1280,2000")
     assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
-    shutil.copy(shot, SCREENSHOTS / "report_tiny.png")
+    shutil.copy(shot, screenshots(tmp_path) / "report_tiny.png")
 
 
 TINY_PARAMS = {"sinks": {"n_samples": 8}, "duo_attention": {"steps": 1, "n_tokens": 96, "sink": 4, "recent": 16}}
@@ -188,16 +196,15 @@ def test_every_level_renders_on_tiny_models(family, tmp_path):
     from interp.report import run_report
 
     res = run_report(f"tiny-{family}", ["attention_basics", "sinks", "duo_attention"], tmp_path / "r",
-                     params=TINY_PARAMS, n_tokens=40, progress=False)
+                     params=TINY_PARAMS, n_tokens=40, progress=False, static=True)
     assert set(res.scores["level"]) == {"head", "kv_head", "layer", "model"}
     ids, empty, chrome = probe_sections(tmp_path / "r" / "report.html", tmp_path)
     assert ids == expected_sections(res.scores) and not empty, empty
     assert not console_errors(chrome.stderr), console_errors(chrome.stderr)
     assert {"sinks-resid_peak", "sinks-massive_acts", "duo_attention-duo_alpha"} <= set(ids)
     if family == "llama":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         focus_screenshot(tmp_path / "r" / "report.html", ["sinks-resid_peak", "duo_attention-duo_alpha"],
-                         SCREENSHOTS / "report_tiny_levels.png", tmp_path)
+                         screenshots(tmp_path) / "report_tiny_levels.png", tmp_path)
 
 
 @pytest.mark.slow  # the default model's default report: several minutes on 2 busy cores
@@ -205,16 +212,15 @@ def test_every_level_renders_on_tiny_models(family, tmp_path):
 def test_default_model_report_every_section_renders(tmp_path):
     from interp.report import run_report
 
-    res = run_report("default", None, tmp_path / "default", progress=False)
+    res = run_report("default", None, tmp_path / "default", progress=False, static=True)
     page = tmp_path / "default" / "report.html"
     layer_scores = sorted(set(res.scores.loc[res.scores["level"] == "layer", "score"]))
     assert {"resid_peak", "massive_acts", "secondary_sinks", "hidden_sinks_newline"} <= set(layer_scores)
     ids, empty, chrome = probe_sections(page, tmp_path)
     assert ids == expected_sections(res.scores) and not empty, empty
     assert not console_errors(chrome.stderr), console_errors(chrome.stderr)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    focus_screenshot(page, ["sinks-resid_peak", "sinks-massive_acts"], SCREENSHOTS / "report_default_layers.png",
-                     tmp_path)
+    focus_screenshot(page, ["sinks-resid_peak", "sinks-massive_acts"],
+                     screenshots(tmp_path) / "report_default_layers.png", tmp_path)
 
 
 def test_render_every_level_without_a_browser():

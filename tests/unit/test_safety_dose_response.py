@@ -125,7 +125,7 @@ def test_bad_input_errors_in_every_entry_point(tiny_llama, empty_file):
 
 
 def load_benchmark():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "safety_causal.py"
+    path = Path(__file__).resolve().parents[2] / "experiments" / "safety_causal.py"
     spec = importlib.util.spec_from_file_location("safety_causal_bench", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

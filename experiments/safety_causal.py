@@ -18,7 +18,7 @@ Model Safety", ICLR 2025) on a model that refuses: Qwen2.5-Coder-0.5B-Instruct.
 Checkpoint: every finished unit (one Ships prompt, the Sahara set, one refusal condition) is appended to
 ``--ckpt`` (jsonl) at once; a rerun with the same settings skips finished units (a unit is reused only when
 its settings and its head list match). The summary JSON ``--out`` is rewritten after every unit.
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/safety_causal.py --threads 1 [--ks 1,3,10,30] ...``
+Usage: ``OMP_NUM_THREADS=1 python experiments/safety_causal.py --threads 1 [--ks 1,3,10,30] ...``
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Checkpoint:
         self.jsonl.add(rec, replace=True)
 
 
-def main(argv=None):
+def _parser():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--template", default="chat")
@@ -75,187 +75,229 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    ap.add_argument("--out", default="reports/bench/safety_causal.json")
-    ap.add_argument("--ckpt", default="reports/bench/safety_causal.jsonl")
+    ap.add_argument("--out", default="reports/experiments/safety_causal.json")
+    ap.add_argument("--ckpt", default="reports/experiments/safety_causal.jsonl")
     ap.add_argument("--cache", default="/tmp/safety_causal_clean_first.pt",
                     help="clean first-token log-probs (the KL reference), so a rerun need not redo clean")
-    a = ap.parse_args(argv)
-    ks = sorted({int(x) for x in a.ks.split(",") if x.strip()})
-    extra = [m for m in a.extra_methods.split(",") if m.strip()]
-    if not ks or min(ks) < 1:
-        raise ValueError(f"--ks must list positive ints, got {a.ks!r}")
+    return ap
 
+
+class Study:
+    """One run of the study: its arguments, model, prompts, checkpoint and the result being written."""
+
+    def __init__(self, a):
+        import interp
+        from interp.analyses._safety_data import check_method, encode, load_prompts
+
+        self.a = a
+        self.ks = sorted({int(x) for x in a.ks.split(",") if x.strip()})
+        self.extra = [m for m in a.extra_methods.split(",") if m.strip()]
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"--ks must list positive ints, got {a.ks!r}")
+        for m in self.extra:
+            check_method(m, 1e-5)
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        self.out, self.ckpt_path = Path(a.out), Path(a.ckpt)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.ckpt = Checkpoint(self.ckpt_path)
+        self.timings: dict = {}
+        self.result: dict = {
+            "model": a.model, "args": vars(a), "timings_s": self.timings, "complete": False,
+            "judge": "GCG _test_prefixes + EXTRA_PHRASES keyword match (analyses/refusal.py)",
+            "decoding": f"greedy, {a.max_new_tokens} new tokens, batch {a.batch_size}, left padding",
+            "ablation_default": "scale: head's query × 1e-5 (attention ~uniform over the prefix)"}
+        self.harmful = load_prompts("advbench", a.n_harmful)
+        self.harmless = load_prompts("harmless", a.n_harmless)
+        self.ships_prompts = load_prompts("advbench", a.n_ships)
+        t = time.time()
+        self.model = interp.load_model(a.model)
+        self.timings["load_s"] = time.time() - t
+        print(f"{self.model} loaded in {self.timings['load_s']:.0f} s", flush=True)
+        for ps in (self.harmful, self.harmless, self.ships_prompts):
+            encode(self.model, ps, a.template)  # clear errors (no chat template, too long) before any long work
+        s = self.model.shape
+        if max(self.ks) > s.n_layers * s.n_heads:
+            raise ValueError(f"--ks {max(self.ks)} exceeds the model's {s.n_layers * s.n_heads} heads")
+
+    def dump(self):
+        io.write_json(self.out, self.result, sort_keys=False)
+
+
+def ships_stage(st: Study):
+    """1. Ships, one checkpointed unit per prompt. Returns the top heads by KL sum."""
     import torch
 
-    import interp
-    from interp.analyses._safety_data import check_method, encode, load_prompts
-    from interp.analyses.refusal import generate, is_refusal, mcnemar_exact_p, random_heads, wilson_interval
-    from interp.analyses.sahara import sahara
     from interp.analyses.ships import dataset_scores, ships_kl, top_heads
-    from interp.metrics import kl_div
 
-    for m in extra:
-        check_method(m, 1e-5)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    out, ckpt_path = Path(a.out), Path(a.ckpt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpoint(ckpt_path)
-    timings: dict = {}
-    result: dict = {"model": a.model, "args": vars(a), "timings_s": timings, "complete": False,
-                    "judge": "GCG _test_prefixes + EXTRA_PHRASES keyword match (analyses/refusal.py)",
-                    "decoding": f"greedy, {a.max_new_tokens} new tokens, batch {a.batch_size}, left padding",
-                    "ablation_default": "scale: head's query × 1e-5 (attention ~uniform over the prefix)"}
-    dump = lambda: io.write_json(out, result, sort_keys=False)
-
-    harmful = load_prompts("advbench", a.n_harmful)
-    harmless = load_prompts("harmless", a.n_harmless)
-    ships_prompts = load_prompts("advbench", a.n_ships)
-    t = time.time()
-    model = interp.load_model(a.model)
-    timings["load_s"] = time.time() - t
-    print(f"{model} loaded in {timings['load_s']:.0f} s", flush=True)
-    for ps in (harmful, harmless, ships_prompts):
-        encode(model, ps, a.template)  # clear errors (no chat template, too long) before any long work
-    s = model.shape
-    n_heads = s.n_layers * s.n_heads
-    if max(ks) > n_heads:
-        raise ValueError(f"--ks {max(ks)} exceeds the model's {n_heads} heads")
-
-    # --- 1. Ships, one checkpointed unit per prompt ---------------------------------------------------------
-    t = time.time()
+    a, model, t = st.a, st.model, time.time()
     kls = []
-    for i, p in enumerate(ships_prompts):
+    for i, p in enumerate(st.ships_prompts):
         key = f"{a.model}|{a.template}|scale|1e-05"
-        rec = ckpt.get("ships", f"{i}:{p}", key)
+        rec = st.ckpt.get("ships", f"{i}:{p}", key)
         if rec is None:
             t0 = time.time()
             kl = ships_kl(model, p, template=a.template)
             rec = {"kind": "ships", "name": f"{i}:{p}", "settings": key, "kl": kl.tolist(),
                    "seconds": time.time() - t0}
-            ckpt.put(rec)
-            print(f"ships prompt {i + 1}/{len(ships_prompts)}: max KL {kl.max():.4f} ({rec['seconds']:.0f} s)",
+            st.ckpt.put(rec)
+            print(f"ships prompt {i + 1}/{len(st.ships_prompts)}: max KL {kl.max():.4f} ({rec['seconds']:.0f} s)",
                   flush=True)
         kls.append(torch.tensor(rec["kl"], dtype=torch.float64))
     kl = torch.stack(kls)  # [query, layer, head]
-    timings["ships_s"] = time.time() - t
+    st.timings["ships_s"] = time.time() - t
     scores = dataset_scores(kl, model_name=model.name, top_k=a.top_count_k)
-    n_top = max(max(ks), a.sahara_candidates, 30)
+    n_top = max(max(st.ks), a.sahara_candidates, 30)
     top = top_heads(scores, n_top, "ships_kl_sum")
     top_count = top_heads(scores, n_top, f"ships_top{a.top_count_k}_count")
+    st.result["ships"] = ships_summary(kl, top, top_count, a.top_count_k, model.shape.n_heads)
+    print("ships top-10 by KL sum: " + ", ".join(f"{r['head']} {r['kl_sum']:.3f}"
+                                                  for r in st.result["ships"]["top_by_kl_sum"][:10]), flush=True)
+    st.dump()
+    return top
+
+
+def ships_summary(kl, top, top_count, k: int, n_heads: int) -> dict:
+    """``kl``: [query, layer, head]."""
     flat = kl.reshape(kl.shape[0], -1)
-    result["ships"] = {
+    in_top = flat.argsort(1, descending=True)[:, :k]
+    return {
         "n_prompts": kl.shape[0],
         "top_by_kl_sum": [{"head": hname([h]), "kl_sum": float(kl[:, h[0], h[1]].sum()),
-                           f"top{a.top_count_k}_count": int((flat.argsort(1, descending=True)[:, :a.top_count_k]
-                                                             == h[0] * s.n_heads + h[1]).any(1).sum())}
-                          for h in top],
+                           f"top{k}_count": int((in_top == h[0] * n_heads + h[1]).any(1).sum())} for h in top],
         "top_by_count": hname(top_count),
         "overlap_top10_kl_sum_vs_count": len(set(top[:10]) & set(top_count[:10])),
         "per_prompt_max_kl": flat.max(1).values.tolist(),
-        "per_prompt_argmax": [hname([divmod(int(j), s.n_heads)]) for j in flat.argmax(1)],
+        "per_prompt_argmax": [hname([divmod(int(j), n_heads)]) for j in flat.argmax(1)],
         "per_prompt_sum_kl_all_heads": flat.sum(1).tolist(),
         "median_head_kl": float(flat.median()),
     }
-    print("ships top-10 by KL sum: " + ", ".join(f"{r['head']} {r['kl_sum']:.3f}"
-                                                  for r in result["ships"]["top_by_kl_sum"][:10]), flush=True)
-    dump()
 
-    # --- 2. Sahara over the top Ships heads -------------------------------------------------------------------
-    t = time.time()
+
+def sahara_stage(st: Study, top):
+    """2. Sahara over the top Ships heads. Returns its head set."""
+    from interp.analyses.sahara import sahara
+
+    a, t = st.a, time.time()
     cands = top[:a.sahara_candidates]
     key = f"{a.model}|{a.template}|n{a.n_sahara}|size{a.set_size}|r1"
-    rec = ckpt.get("sahara", "sahara", key, heads=None)
+    rec = st.ckpt.get("sahara", "sahara", key, heads=None)
     if rec is None or rec["candidates"] != hname(cands):
-        sa = sahara(model, "advbench", n=a.n_sahara, set_size=a.set_size, candidates=cands, template=a.template,
+        sa = sahara(st.model, "advbench", n=a.n_sahara, set_size=a.set_size, candidates=cands, template=a.template,
                     progress=True)
         rec = {"kind": "sahara", "name": "sahara", "settings": key, "candidates": hname(cands),
                "heads": hname(sa.heads), "angles_deg": sa.angles,
                "step1_angles_deg": {hname([h]): float(sa.step_angles[0, h[0], h[1]]) for h in cands},
                "seconds": time.time() - t}
-        ckpt.put(rec)
-    sahara_heads = [tuple(int(x) for x in h[1:].split("H")) for h in rec["heads"].split()]
-    result["sahara"] = {k: rec[k] for k in ("candidates", "heads", "angles_deg", "step1_angles_deg")}
-    timings["sahara_s"] = time.time() - t
-    dump()
+        st.ckpt.put(rec)
+    st.result["sahara"] = {k: rec[k] for k in ("candidates", "heads", "angles_deg", "step1_angles_deg")}
+    st.timings["sahara_s"] = time.time() - t
+    st.dump()
+    return [tuple(int(x) for x in h[1:].split("H")) for h in rec["heads"].split()]
 
-    # --- 3. refusal conditions ----------------------------------------------------------------------------------
-    # order = priority (largest dose and its controls first), so a run cut short keeps the most telling units
-    def draws(k):
-        return a.n_random if k > 3 else min(a.n_random, a.n_random_small)
 
+def conditions_for(st: Study, top, sahara_heads) -> list[tuple]:
+    """3a. The refusal conditions ``(name, heads, method)``, in priority order (largest dose and its controls
+    first), so a run cut short keeps the most telling units."""
+    from interp.analyses.refusal import random_heads
+
+    a, ks, model = st.a, st.ks, st.model
+    draws = lambda k: a.n_random if k > 3 else min(a.n_random, a.n_random_small)
+    rand = lambda k, seed, excl: random_heads(model, k, seed=seed, exclude=excl)
     conditions = [("clean", [], "scale")]
     for k in sorted(ks, reverse=True):
         conditions.append((f"ships_top{k}", top[:k], "scale"))
-        conditions += [(f"random{k}_seed{seed}", random_heads(model, k, seed=seed, exclude=top[:k]), "scale")
-                       for seed in range(draws(k))]
-        if k == max(ks):
-            conditions.append((f"sahara{len(sahara_heads)}", sahara_heads, "scale"))
-            conditions.append((f"random{len(sahara_heads)}_seed0", random_heads(
-                model, len(sahara_heads), seed=0, exclude=top[:len(sahara_heads)]), "scale"))
-            for m in extra:
-                conditions.append((f"ships_top{k}_{m}", top[:k], m))
-                conditions += [(f"random{k}_seed{seed}_{m}", random_heads(model, k, seed=seed, exclude=top[:k]), m)
-                               for seed in range(min(draws(k), a.n_random_extra))]
-    conditions = list({c[0]: c for c in conditions}.values())  # a random set shared by two k's runs once
+        conditions += [(f"random{k}_seed{seed}", rand(k, seed, top[:k]), "scale") for seed in range(draws(k))]
+        if k != max(ks):
+            continue
+        n_sa = len(sahara_heads)
+        conditions.append((f"sahara{n_sa}", sahara_heads, "scale"))
+        conditions.append((f"random{n_sa}_seed0", rand(n_sa, 0, top[:n_sa]), "scale"))
+        for m in st.extra:
+            conditions.append((f"ships_top{k}_{m}", top[:k], m))
+            conditions += [(f"random{k}_seed{seed}_{m}", rand(k, seed, top[:k]), m)
+                           for seed in range(min(draws(k), a.n_random_extra))]
+    return list({c[0]: c for c in conditions}.values())  # a random set shared by two k's runs once
+
+
+def run_condition(st: Study, name, heads, method, key) -> dict:
+    from interp.analyses.refusal import generate, is_refusal
+
+    a, t0 = st.a, time.time()
+    rec = {"kind": "condition", "name": name, "settings": key, "heads": hname(heads), "method": method,
+           "n_heads": len(heads)}
+    for set_name, ps in (("advbench", st.harmful), ("harmless", st.harmless)):
+        gens, first = generate(st.model, ps, template=a.template, max_new_tokens=a.max_new_tokens,
+                               batch_size=a.batch_size, ablate=heads, method=method, return_first_logprobs=True)
+        rec[f"refused_{set_name}"] = [is_refusal(g) for g in gens]
+        rec[f"generations_{set_name}"] = gens
+        if set_name == "advbench":
+            rec["first_logprobs"] = first  # kept in memory only (clean's is the reference)
+    rec["seconds"] = time.time() - t0
+    return rec
+
+
+def first_token_stats(rec, ref, first):
+    from interp.metrics import kl_div
+
+    kl_ = kl_div(ref, first)
+    tok = ref.argmax(-1)
+    rec["first_token_kl_mean"] = float(kl_.mean())
+    rec["first_token_kl_max"] = float(kl_.max())
+    rec["p_clean_first_token_mean"] = float(first.double().gather(1, tok[:, None]).exp().mean())
+
+
+def refusal_stage(st: Study, conditions):
+    """3b. Each condition's refusal rates (checkpointed), summarised after each one."""
+    import torch
+
+    from interp.analyses.refusal import mcnemar_exact_p, wilson_interval
+
+    a = st.a
     key = f"{a.model}|{a.template}|h{a.n_harmful}|b{a.n_harmless}|t{a.max_new_tokens}"
-    clean_first = None
-    cache = Path(a.cache)
+    clean_first, cache = None, Path(a.cache)
     if cache.exists():
         saved = torch.load(cache)
-        if saved.get("settings") == key and ckpt.get("condition", "clean", key, heads=[]) is not None:
+        if saved.get("settings") == key and st.ckpt.get("condition", "clean", key, heads=[]) is not None:
             clean_first = saved["first"]
-    rows = []
-    t_ref = time.time()
-
-    def run_condition(name, heads, method):
-        t0 = time.time()
-        rec = {"kind": "condition", "name": name, "settings": key, "heads": hname(heads), "method": method,
-               "n_heads": len(heads)}
-        for set_name, ps in (("advbench", harmful), ("harmless", harmless)):
-            gens, first = generate(model, ps, template=a.template, max_new_tokens=a.max_new_tokens,
-                                   batch_size=a.batch_size, ablate=heads, method=method, return_first_logprobs=True)
-            rec[f"refused_{set_name}"] = [is_refusal(g) for g in gens]
-            rec[f"generations_{set_name}"] = gens
-            if set_name == "advbench":
-                rec["first_logprobs"] = first  # kept in memory only (clean's is the reference)
-        rec["seconds"] = time.time() - t0
-        return rec
-
-    def first_token_stats(rec, first):
-        ref = clean_first
-        kl_ = kl_div(ref, first)
-        tok = ref.argmax(-1)
-        rec["first_token_kl_mean"] = float(kl_.mean())
-        rec["first_token_kl_max"] = float(kl_.max())
-        rec["p_clean_first_token_mean"] = float(first.double().gather(1, tok[:, None]).exp().mean())
-
+    rows, t_ref = [], time.time()
     for name, heads, method in conditions:
-        rec = ckpt.get("condition", name, key, heads=heads)
+        rec = st.ckpt.get("condition", name, key, heads=heads)
         if rec is None or (name == "clean" and clean_first is None):
-            fresh = run_condition(name, heads, method)
+            fresh = run_condition(st, name, heads, method, key)
             first = fresh.pop("first_logprobs")
             if name == "clean":
                 clean_first = first
                 torch.save({"settings": key, "first": first}, cache)
             if rec is None:
-                first_token_stats(fresh, first)
+                first_token_stats(fresh, clean_first, first)
                 rec = fresh
-                ckpt.put(rec)
+                st.ckpt.put(rec)
         elif clean_first is None:
             raise RuntimeError("clean condition must come first")
-        print(f"{name:>22} {rec['heads'][:40]:<40} harmful {sum(rec['refused_advbench'])}/{len(harmful)} "
-              f"harmless {sum(rec['refused_harmless'])}/{len(harmless)} KL1 {rec['first_token_kl_mean']:.3f} "
+        print(f"{name:>22} {rec['heads'][:40]:<40} harmful {sum(rec['refused_advbench'])}/{len(st.harmful)} "
+              f"harmless {sum(rec['refused_harmless'])}/{len(st.harmless)} KL1 {rec['first_token_kl_mean']:.3f} "
               f"({rec['seconds']:.0f} s)", flush=True)
         rows.append(rec)
-        result["conditions"] = summarise(rows, wilson_interval, mcnemar_exact_p)
-        result["random_summary"] = random_summary(result["conditions"])
-        dump()
-    timings["refusal_s"] = time.time() - t_ref
-    print_table(result)
-    result.update(model=model.name, complete=True, torch_threads=torch.get_num_threads())
-    dump()
-    print(f"wrote {out} and {ckpt_path}")
+        st.result["conditions"] = summarise(rows, wilson_interval, mcnemar_exact_p)
+        st.result["random_summary"] = random_summary(st.result["conditions"])
+        st.dump()
+    st.timings["refusal_s"] = time.time() - t_ref
+
+
+def main(argv=None):
+    import torch
+
+    st = Study(_parser().parse_args(argv))
+    top = ships_stage(st)
+    sahara_heads = sahara_stage(st, top)
+    refusal_stage(st, conditions_for(st, top, sahara_heads))
+    print_table(st.result)
+    st.result.update(model=st.model.name, complete=True, torch_threads=torch.get_num_threads())
+    st.dump()
+    print(f"wrote {st.out} and {st.ckpt_path}")
 
 
 def summarise(rows, wilson_interval, mcnemar_exact_p):

@@ -1,14 +1,14 @@
 """Retrieval-head sweep (Wu et al. 2024) on a real model, CPU: NIAH grid → retrieval scores → causal check.
 
-    python benchmarks/retrieval_sweep.py --model default --lengths 500 1000 --depths 0 50 100
-    python benchmarks/retrieval_sweep.py --model qwen2.5-coder-0.5b --lengths 1000 2000 3000
+    python experiments/retrieval_sweep.py --model default --lengths 500 1000 --depths 0 50 100
+    python experiments/retrieval_sweep.py --model qwen2.5-coder-0.5b --lengths 1000 2000 3000
 
 The causal check masks the top-k retrieval heads (uniform attention, as the paper) and, per seed, k random
-non-retrieval heads; each condition checkpoints to ``reports/bench/retrieval_<model>_causal_k<k>_*.jsonl``.
+non-retrieval heads; each condition checkpoints to ``reports/experiments/retrieval_<model>_causal_k<k>_*.jsonl``.
 
-Checkpoints every sample to ``reports/bench/retrieval_<model>.jsonl`` (a killed run resumes where it stopped),
-writes the paper's ``{"l-h": [scores]}`` JSON to ``reports/bench/retrieval_<model>_heads.json`` and a summary
-(top heads, accuracy, timings, causal table) to ``reports/bench/retrieval_sweep_<model>.json``.
+Checkpoints every sample to ``reports/experiments/retrieval_<model>.jsonl`` (a killed run resumes where it stopped),
+writes the paper's ``{"l-h": [scores]}`` JSON to ``reports/experiments/retrieval_<model>_heads.json`` and a summary
+(top heads, accuracy, timings, causal table) to ``reports/experiments/retrieval_sweep_<model>.json``.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Runs ``interp.analyses.head_divergence.run`` (the three needles inserted in a haystack excerpt; the shared
 suffix is the paper's question plus a greedy continuation) and compares its head ranking with retrieval-head
 scores read from an official-format JSON (``{"l-h": [per-sample scores]}``, e.g. written by
-``benchmarks/retrieval_sweep.py``): overlap of the top-k sets, Jaccard, and Spearman rank correlation.
+``experiments/retrieval_sweep.py``): overlap of the top-k sets, Jaccard, and Spearman rank correlation.
 
-    python benchmarks/divergence_vs_retrieval.py --retrieval reports/bench/retrieval_smollm2-135m-instruct_heads.json
+    python experiments/divergence_vs_retrieval.py \
+        --retrieval reports/experiments/retrieval_smollm2-135m-instruct_heads.json
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("--context-tokens", type=int, default=300)
     ap.add_argument("--n-generate", type=int, default=8)
     ap.add_argument("--generated-only", action="store_true", help="average over generated tokens only")
-    ap.add_argument("--out", default="reports/bench/divergence_vs_retrieval.json")
+    ap.add_argument("--out", default="reports/experiments/divergence_vs_retrieval.json")
     args = ap.parse_args()
 
     import interp

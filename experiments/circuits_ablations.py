@@ -11,9 +11,9 @@ EAP, so the resample column is the one they were selected for.
 ``--spot-checks`` adds the completeness and minimality spot checks of Wang et al. (``circuits.completeness``)
 for the largest circuit, under resample ablation.
 
-Prints a table and writes reports/bench/circuits_ablations_<model>.json.
+Prints a table and writes reports/experiments/circuits_ablations_<model>.json.
 
-    python benchmarks/circuits_ablations.py --model default --sizes 100 1000 3000 10000 21521
+    python experiments/circuits_ablations.py --model default --sizes 100 1000 3000 10000 21521
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
         print(mini.to_string(index=False))
         spot = {"size": max(a.sizes), "seconds": time.perf_counter() - t2,
                 "completeness": comp.to_dict(orient="records"), "minimality": mini.to_dict(orient="records")}
-    out = Path(a.out or f"reports/bench/circuits_ablations_{model.name}.json")
+    out = Path(a.out or f"reports/experiments/circuits_ablations_{model.name}.json")
     res = {"model": model.name, "n_prompts": a.n, "seed": a.seed, "n_edges": g.n_edges, "threads": a.threads,
            "selection": "top-n edges by |EAP score| (resample/ABC corruption, logit difference)",
            "eap_s": t_eap, "total_s": time.perf_counter() - t0, "table": {str(k): v for k, v in table.items()},

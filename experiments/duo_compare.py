@@ -1,16 +1,16 @@
 """DuoAttention gates vs the statistics-engine streaming proxy vs retrieval scores, per KV head (CPU).
 
-    python benchmarks/duo_compare.py --model default --tokens 1024 --sink 16 --recent 64 --max-minutes 15
-    python benchmarks/duo_compare.py --model qwen2.5-coder-0.5b --steps 10
+    python experiments/duo_compare.py --model default --tokens 1024 --sink 16 --recent 64 --max-minutes 15
+    python experiments/duo_compare.py --model qwen2.5-coder-0.5b --steps 10
 
 1. trains the gates α ``[layer, kv_head]`` with ``analyses.duo_attention.train_gates`` (Xiao et al. 2024 loss:
    MSE of the final hidden states at the answer tokens, gated vs full attention, + λ·mean|α|, Adam, α clamped
-   to [0, 1]); every step is appended to ``reports/bench/duo_<model>_train.jsonl`` (a killed run resumes from the
-   last α; Adam's moments restart) and the official TSV ``reports/bench/duo_alpha_<model>.tsv`` is rewritten;
+   to [0, 1]); every step is appended to ``reports/experiments/duo_<model>_train.jsonl`` (a killed run resumes from the
+   last α; Adam's moments restart) and the official TSV ``reports/experiments/duo_alpha_<model>.tsv`` is rewritten;
 2. computes the engine proxy (attention mass outside sink + recent, ``streaming_proxy``) on fresh passkey prompts
-   and reduces the retrieval scores of ``reports/bench/retrieval_<model>_heads.json`` (Wu et al. 2024, written by
-   ``benchmarks/retrieval_sweep.py``) to KV heads by max and by mean over each group's query heads;
-3. prints Spearman rank correlations (with p-values) and writes ``reports/bench/duo_<model>.json``.
+   and reduces the retrieval scores of ``reports/experiments/retrieval_<model>_heads.json`` (Wu et al. 2024, written by
+   ``experiments/retrieval_sweep.py``) to KV heads by max and by mean over each group's query heads;
+3. prints Spearman rank correlations (with p-values) and writes ``reports/experiments/duo_<model>.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def parse(argv=None):
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--proxy-prompts", type=int, default=2, help="fresh passkey prompts for the proxy")
-    p.add_argument("--retrieval-json", default=None, help="default: reports/bench/retrieval_<model>_heads.json")
+    p.add_argument("--retrieval-json", default=None, help="default: reports/experiments/retrieval_<model>_heads.json")
     p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) the training checkpoint")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
@@ -102,7 +102,7 @@ def main(argv=None, model=None):
     if rj.exists():
         rscores = retrieval.retrieval_head_scores(retrieval.load_retrieval_json(rj), s.n_layers, s.n_heads)
     else:
-        print(f"no retrieval scores at {rj}: run benchmarks/retrieval_sweep.py first", flush=True)
+        print(f"no retrieval scores at {rj}: run experiments/retrieval_sweep.py first", flush=True)
     t2 = time.perf_counter()
     cmp = duo.compare(model, alpha, retrieval_scores=rscores, n_tokens=a.tokens, sink=a.sink, recent=a.recent,
                       n_prompts=a.proxy_prompts)

@@ -10,9 +10,9 @@ LD(corrupt)) with everything outside C patched, and overlap with the EAP circuit
 edges; at node level all outgoing edges of the top-N EAP nodes, N = ACDC's kept nodes, ranked by the summed EAP
 score of a node's outgoing edges): edge Jaccard, Jaccard of the upstream (writing) nodes and of the heads among
 them, and that EAP circuit's faithfulness. Writes
-reports/bench/circuits_acdc_<model>.json and the ACDC circuit JSON.
+reports/experiments/circuits_acdc_<model>.json and the ACDC circuit JSON.
 
-    OMP_NUM_THREADS=1 python benchmarks/circuits_acdc.py --model default --n 8 --candidates 200 --tau 0.05
+    OMP_NUM_THREADS=1 python experiments/circuits_acdc.py --model default --n 8 --candidates 200 --tau 0.05
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
 
     model = interp.load_model(args.model)
     g = Graph.of(model)
-    out = Path(args.out or f"reports/bench/circuits_acdc_{model.name}_{args.level}.json")
+    out = Path(args.out or f"reports/experiments/circuits_acdc_{model.name}_{args.level}.json")
     tt = ioi_task(model, args.n, seed=args.seed).tokens(model)
     t0 = time.perf_counter()
     scores = eap_scores(model, tt.clean, tt.corrupt, tt.metric)

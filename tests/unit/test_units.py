@@ -1,0 +1,123 @@
+"""Work units (``interp.units``): merge(run(unit) for unit in split) is the one-process result, exactly, for every
+registered analysis on tiny models; the JSON codec is bit-exact; a bad split is refused."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.analyses import registry
+from interp.testing import tiny_model
+from interp.units import ModelInfo, Unit, check_units, decode, encode, run_local, splitter_for
+
+# small parameters per registered analysis (tiny models have 256 positions); others run with their defaults
+SMALL = {
+    "attention_basics": {"n_tokens": 40},
+    "sinks": {"n_samples": 6, "n_tokens": 24, "batch_size": 4},
+    "taxonomy": {"n_samples": 3, "half": 12},
+    "retrieval": {"lengths": [300, 340], "depths": [0.0, 50.0], "needles": [0, 2], "buffer": 20,
+                  "max_new_tokens": 6},
+    "safety": {"n_ships": 2, "n_sahara": 2, "n_refusal": 2, "max_new_tokens": 4, "sahara_candidates": 4},
+    "divergence": {"context_tokens": 40, "n_generate": 2},
+    "model_divergence": {"ablate": ["L1H2"], "n_tokens": 24},
+    "duo_attention": {"steps": 2, "n_tokens": 96, "sink": 4, "recent": 16},
+    "vhd": {},
+    "span_scaling": {"lengths": [64, 128, 256], "tail": 16, "recent_w": 8},
+}
+FAMILY = {"vhd": "llava"}
+
+
+def _stored(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as a report part stores it (parquet): list cells read back as arrays on both sides alike."""
+    return decode(encode(df))
+
+
+def _frames_equal(a: dict, b: dict, drop=()):
+    assert sorted(a) == sorted(b)
+    for name in a:
+        x, y = _stored(a[name]), _stored(b[name])
+        cols = [c for c in x.columns if c not in drop]
+        assert list(x.columns) == list(y.columns), name
+        # check_column_type off: a table without columns comes back from parquet with an empty object index
+        pd.testing.assert_frame_equal(x[cols].reset_index(drop=True), y[cols].reset_index(drop=True),
+                                      check_exact=True, check_column_type=False)
+
+
+def test_codec_is_bit_exact():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.standard_normal(7), "n": np.arange(7), "s": list("abcdefg"),
+                       "f32": rng.standard_normal(7).astype(np.float32)})
+    obj = {"df": df, "a64": rng.standard_normal((3, 4)), "a32": rng.standard_normal((2, 5)).astype(np.float32),
+           "t": torch.randn(2, 3, dtype=torch.float64), "i": np.int64(5), "f": 1 / 3, "l": [1, (2, 3)],
+           "none": None, "nested": {"deep": np.arange(4, dtype=np.int32)}}
+    back = decode(json.loads(json.dumps(encode(obj))))  # through JSON, as a checkpoint line
+    pd.testing.assert_frame_equal(back["df"], df, check_exact=True)
+    for k in ("a64", "a32"):
+        assert back[k].dtype == obj[k].dtype and np.array_equal(back[k], obj[k])
+    assert back["t"].dtype == np.float64 and np.array_equal(back["t"], obj["t"].numpy())
+    assert back["i"] == 5 and back["f"] == 1 / 3 and back["l"] == [1, [2, 3]] and back["none"] is None
+    assert back["nested"]["deep"].dtype == np.int32
+    with pytest.raises(TypeError, match="cannot encode a set"):
+        encode({"bad": {1, 2}})
+
+
+def test_check_units_refuses_repeated_keys_and_bad_order():
+    with pytest.raises(ValueError, match="repeated keys"):
+        check_units([Unit("a", "k", 0), Unit("a", "k", 1)], "a")
+    with pytest.raises(ValueError, match="indices must be 0..1"):
+        check_units([Unit("a", "k0", 1), Unit("a", "k1", 0)], "a")
+    with pytest.raises(ValueError, match="no units"):
+        check_units([], "a")
+
+
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
+def test_merge_of_units_is_the_one_process_run(name):
+    """For every registered analysis: units run one by one (results through the JSON codec) and merged give
+    the tables of the analysis's own ``run``, value for value (float64 sums are never regrouped)."""
+    spec = registry.get(name)
+    n_ctx = 1024 if name == "retrieval" else 256
+    model = tiny_model(FAMILY.get(name, "llama"), n_layers=2, n_ctx=n_ctx)
+    p = spec.params.coerce(SMALL.get(name), where=name)  # an analysis added later: its defaults
+    if name not in SMALL:
+        from interp.params import ParamError
+
+        try:
+            p.check_model(model, name)
+        except ParamError as e:
+            pytest.skip(f"{name} is new: its defaults do not fit a tiny model ({e}); add it to SMALL")
+    torch.manual_seed(0)
+    direct = spec.run(model, p, None)
+    torch.manual_seed(0)
+    merged = run_local(splitter_for(spec), model, p)
+    # retrieval's per-sample table records each sample's wall time, which no two runs share
+    _frames_equal(direct, merged, drop=("seconds",))
+
+
+def test_retrieval_splits_one_unit_per_cell_in_official_order():
+    spec = registry.get("retrieval")
+    p = spec.params.coerce(SMALL["retrieval"], where="retrieval")
+    units = splitter_for(spec).split(p)
+    assert [u.key for u in units] == ["300|0|0", "300|50|0", "340|0|0", "340|50|0",
+                                      "300|0|2", "300|50|2", "340|0|2", "340|50|2"]
+    assert [u.index for u in units] == list(range(8))
+
+
+def test_basics_merge_ignores_completion_order():
+    """Units finishing in any order and merged in unit order give the same tables (the executor's rule)."""
+    spec = registry.get("attention_basics")
+    model = tiny_model("llama", n_layers=2)
+    p = spec.params.coerce({"n_tokens": 32}, where="x")
+    sp = splitter_for(spec)
+    units = sp.split(p)
+    assert len(units) == 4
+    order = list(units)
+    random.Random(3).shuffle(order)
+    got = {u.index: decode(encode(sp.run(model, p, u))) for u in order}
+    info = ModelInfo(model.name, model.shape)
+    merged = sp.merge(info, p, [got[i] for i in range(len(units))])
+    _frames_equal(spec.run(model, p, None), merged)
