@@ -257,3 +257,18 @@ def test_kernel_choice_follows_each_layers_gpu(monkeypatch):
         assert plan(Request(dev, **req), env={ENV: "chunked"}).impl == "chunked"
     assert plan(Request("cuda:0", **dict(req, dtype=torch.float16)), env={}).impl == "triton"
     assert plan(Request("cuda:1", **dict(req, dtype=torch.float16)), env={}).impl == "triton"  # fp16 runs on sm75
+
+
+@pytest.mark.slow
+def test_default_model_split_between_memory_and_disk(default_model, tmp_path):
+    """The default model under device_map='auto' with a 300 MiB CPU budget (15 modules in memory, the rest on
+    disk): logits, statistics and a greedy continuation equal the single-device model's."""
+    m = interp.load_model("default", device_map="auto", max_memory={"cpu": "300MiB"}, offload_folder=str(tmp_path))
+    assert "disk" in m.device_map.values() and "cpu" in m.device_map.values()
+    x = default_model.to_tokens("The cat sat on the mat. The cat sat on the mat.")
+    torch.testing.assert_close(m.logits(x), default_model.logits(x), rtol=0, atol=0)
+    got, want = (interp.attention_stats(mm, x, ["entropy", "col_alpha"]) for mm in (m, default_model))
+    for name in ("entropy", "col_alpha"):
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+    assert (interp.generate(m, ["The cat sat"], max_new_tokens=4, stop="none").tokens
+            == interp.generate(default_model, ["The cat sat"], max_new_tokens=4, stop="none").tokens)
