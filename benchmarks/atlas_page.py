@@ -7,6 +7,7 @@ layer plot and attention view drawn; synchronous, median over ``--clicks`` heads
 Prints a table and writes ``reports/bench/atlas_page.json``.
 
     python benchmarks/atlas_page.py REPORT_DIR [--loads 5] [--clicks 20] [--out reports/bench/atlas_page.json]
+        [--screenshots reports/screenshots] [--card L18H6]
 """
 
 from __future__ import annotations
@@ -59,12 +60,37 @@ def static_size(report: Path, manifest: dict) -> int:
     return len(html.encode())
 
 
+def top_head(report: Path) -> str:
+    from interp.scores import ScoreTable
+
+    s = ScoreTable.read(report / "scores.parquet")
+    sub = s[(s["score"] == "induction") & (s["level"] == "head")]
+    sub = sub if len(sub) else s[s["level"] == "head"]
+    r = sub.sort_values("value", ascending=False).iloc[0]
+    return f"L{int(r['layer'])}H{int(r['head'])}"
+
+
+def shots(drv, page: Path, out: Path, model: str, head: str) -> None:
+    """The head map (card closed) and one head's card, as PNGs in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    drv.set_window_size(1400, 1300)
+    load_ms(drv, page)
+    drv.save_screenshot(str(out / f"atlas_{model}_map.png"))
+    drv.execute_script(f"document.getElementById('cell-{head}').click()")
+    time.sleep(0.5)
+    drv.save_screenshot(str(out / f"atlas_{model}_card_{head}.png"))
+    print(f"screenshots: {out}/atlas_{model}_map.png, atlas_{model}_card_{head}.png")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report", help="a report folder (the --out of `interp report`)")
     ap.add_argument("--loads", type=int, default=5)
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--out", default="reports/bench/atlas_page.json")
+    ap.add_argument("--screenshots", default=None, help="folder for the head map and a head card screenshot "
+                    "(e.g. reports/screenshots)")
+    ap.add_argument("--card", default=None, help="head for the card screenshot (default: the top induction head)")
     args = ap.parse_args()
     report = Path(args.report)
     page, manifest = report / "report.html", io.read_json(report / "manifest.json")
@@ -84,6 +110,8 @@ def main():
             ms, title = drv.execute_script(SEARCH, name)
             assert title == name, (title, name)
             searches.append(ms)
+        if args.screenshots:
+            shots(drv, page, Path(args.screenshots), manifest["model"], args.card or top_head(report))
     finally:
         drv.quit()
     res = {

@@ -11,6 +11,7 @@ instead of recomputing its first pass; otherwise SDPA computes the output and th
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,12 +131,19 @@ class AttentionStats:
         return pd.DataFrame(rows)
 
 
+ENGINE_PARAMS = ("sink_k", "recent_w", "distance_cap", "top_k", "key_set")
+
+
 def _as_ids(model, inputs, attention_mask):
     if isinstance(inputs, torch.Tensor):
+        if inputs.ndim not in (1, 2):
+            raise ValueError(f"inputs must be token ids [pos] or [batch, pos], got shape {tuple(inputs.shape)}")
         ids = inputs if inputs.ndim == 2 else inputs[None]
         return ids, attention_mask
     if isinstance(inputs, str):
         inputs = [inputs]
+    if isinstance(inputs, (list, tuple)) and any(isinstance(t, str) and not t.strip() for t in inputs):
+        raise ValueError("attention_stats got an empty text; give at least one token of text")
     if isinstance(inputs, (list, tuple)):
         if not inputs:
             raise ValueError("attention_stats got no inputs: pass a string, a list of strings or token ids")
@@ -167,21 +175,23 @@ def attention_stats(model, inputs, stats, *, layers=None, attention_mask=None, i
             checked before the forward; "auto" is resolved per layer by ``kernels/attention_stats/dispatch.py``
             (``INTERP_ATTN_IMPL`` replaces it).
         params: engine parameters (``sink_k``, ``recent_w``, ``distance_cap``, ``top_k``, ``key_set``).
+    Every argument is checked before the forward (one ``ValueError`` naming the bad value): a single stat name is
+    one name; empty ``stats``/``layers``, an empty text, a mask of the wrong shape or an all-zero mask row, an
+    unknown keyword and token ids outside the vocabulary are refused.
     Returns: ``AttentionStats`` (tensors ``[layer, batch, head, pos]``; ``.to_frame()`` for a tidy table).
     """
-    from interp.kernels.attention_stats import VALID_STATS
     from interp.kernels.attention_stats.dispatch import check_impl
 
-    unknown = [s for s in stats if s not in VALID_STATS]
-    if unknown:
-        raise ValueError(f"unknown statistic(s) {unknown}; valid: {sorted(VALID_STATS)}")
+    stats = _check_stats(stats)
+    unknown_kw = sorted(set(params) - set(ENGINE_PARAMS))
+    if unknown_kw:
+        raise ValueError(f"unknown keyword argument(s) {unknown_kw}; attention_stats takes layers, attention_mask, "
+                         f"impl, memory_budget_mb and the engine parameters {list(ENGINE_PARAMS)}")
     check_impl(impl)  # before the forward: an unknown impl (or INTERP_ATTN_IMPL value) is one clear line
     ids, mask = _as_ids(model, inputs, attention_mask)
     model.check_tokens(ids)
-    layers = list(range(model.shape.n_layers)) if layers is None else sorted(int(x) for x in layers)
-    for layer in layers:
-        if not 0 <= layer < model.shape.n_layers:
-            raise ValueError(f"layer {layer} out of range (model has {model.shape.n_layers} layers)")
+    mask = _check_mask(mask, ids)
+    layers = _check_layers(model, layers)
     from .plan import check_run
 
     check_run(model, ids.shape[1], ids.shape[0], stats=tuple(stats), memory_budget_mb=memory_budget_mb)
@@ -197,6 +207,58 @@ def attention_stats(model, inputs, stats, *, layers=None, attention_mask=None, i
     values = {rename.get(n, n): torch.stack([cap.results[layer][n] for layer in layers]) for n in names}
     valid = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
     return AttentionStats(model.name, layers, values, valid.cpu(), ids.cpu(), dict(params, impl=impl))
+
+
+def _check_stats(stats) -> list[str]:
+    from interp.kernels.attention_stats import VALID_STATS
+
+    if isinstance(stats, str):
+        stats = [stats]  # one name, not its letters
+    if not isinstance(stats, (list, tuple, set, frozenset)) or not stats:
+        raise ValueError(f"stats must be a non-empty list of statistic names, got {stats!r}; "
+                         f"valid: {sorted(VALID_STATS)}")
+    unknown = [s for s in stats if s not in VALID_STATS]
+    if unknown:
+        raise ValueError(f"unknown statistic(s) {unknown}; valid: {sorted(VALID_STATS)}")
+    return list(stats)
+
+
+def _check_layers(model, layers) -> list[int]:
+    n = model.shape.n_layers
+    if layers is None:
+        return list(range(n))
+    if isinstance(layers, int):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError(f"layers = [] selects no layer; pass None for all {n} layers or a list of indices")
+    out = []
+    for layer in layers:
+        try:
+            index = operator.index(layer) if not isinstance(layer, bool) else None
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < n:
+            raise ValueError(f"layer {layer!r} out of range (model has {n} layers: 0..{n - 1})")
+        out.append(index)
+    return sorted(set(out))
+
+
+def _check_mask(mask, ids: torch.Tensor):
+    """``attention_mask [batch, pos]`` (1 = real token) of the ids' shape with a real token in every row."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        mask = torch.as_tensor(mask)
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; it must match the token ids "
+                         f"[batch, pos] = {tuple(ids.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    empty = (~mask.bool().any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"attention_mask row(s) {empty} are all zero (no real token); drop those rows")
+    return mask
 
 
 def _first_real_tokens(stats: list, params: dict, kpm):

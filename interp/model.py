@@ -193,9 +193,11 @@ class Model:
             raise ValueError(
                 f"prompt of {ids.shape[1]} tokens is longer than {self.name}'s context of {self.shape.n_ctx}; "
                 "truncate it or pick a model with a longer context")
-        hi = int(ids.max())
-        if hi >= self.shape.d_vocab or int(ids.min()) < 0:
-            raise ValueError(f"token id {hi} is outside the vocabulary of {self.shape.d_vocab}")
+        bad = ids[(ids < 0) | (ids >= self.shape.d_vocab)]
+        if bad.numel():
+            pos = tuple(int(i) for i in ((ids < 0) | (ids >= self.shape.d_vocab)).nonzero()[0])
+            raise ValueError(f"token id {int(bad[0])} at [batch, pos] = {pos} is outside the vocabulary "
+                             f"[0, {self.shape.d_vocab}) of {self.name}")
 
     # --- running -----------------------------------------------------------------------------------------
     def w_o(self, layer: int, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -14,8 +14,9 @@ layer intermediates, hidden states when asked); one variant is never split, so a
 runs one variant per forward.
 
 Clean-prefix reuse (``reuse_prefix=True``): layers below a variant's first intervened layer compute the clean
-activations. Variants are ordered by that layer, a chunk starting at layer ``s`` feeds the clean ``resid_pre``
-of layer ``s`` (computed once) and runs only layers ``s …`` (the lower decoder layers become pass-throughs).
+activations. Variants are ordered by that layer and split into up to 6 layer groups; a chunk starting at layer
+``s`` feeds the clean ``resid_pre`` of layer ``s`` (computed once) and runs only layers ``s …`` (the lower
+decoder layers become pass-throughs). With variants spread evenly over the layers this skips ≈ 40% of the work.
 
 Validated in ``tests/unit/test_variants.py``: packed rows equal one forward per variant under
 ``model.intervene`` (float64 tiny models, with and without prefix reuse, left-padded batches), and the chunk
@@ -166,8 +167,7 @@ def run_variants(model, ids: torch.Tensor, variants: Sequence, readout: Callable
     with native_modules(model.hf):
         compiled = [[p for it in _as_list(v, i) for p in it.compile(model)] for i, v in enumerate(variants)]
         starts = [min((site.layer for site, _ in pairs), default=0) if reuse_prefix else 0 for pairs in compiled]
-        order = sorted(range(len(compiled)), key=lambda i: starts[i])
-        chunks = [order[i:i + per] for i in range(0, len(order), per)]
+        chunks = _chunks(starts, per)
         prefix = _clean_prefix(model, ids, attention_mask, sorted({starts[c[0]] for c in chunks} - {0}))
         results: list = [None] * len(compiled)
         for chunk in chunks:
@@ -175,6 +175,20 @@ def run_variants(model, ids: torch.Tensor, variants: Sequence, readout: Callable
                                                   prefix, readout, logits_to_keep, hidden_states)):
                 results[i] = value
     return torch.stack([torch.as_tensor(r) for r in results])
+
+
+def _chunks(starts: list[int], per: int, max_groups: int = 6) -> list[list[int]]:
+    """Variant indices in forwards of at most ``per``: ordered by start layer and split into at most
+    ``max_groups`` layer groups (bounds at the quantiles of the distinct start layers), so that a group starting
+    high skips its lower layers even when every variant would fit one forward."""
+    order = sorted(range(len(starts)), key=lambda i: starts[i])
+    levels = sorted(set(starts))
+    n_groups = min(max_groups, len(levels))
+    bounds = [levels[(g * len(levels)) // n_groups] for g in range(n_groups)]
+    groups: list[list[int]] = [[] for _ in bounds]
+    for i in order:
+        groups[max(g for g, b in enumerate(bounds) if starts[i] >= b)].append(i)
+    return [grp[k:k + per] for grp in groups for k in range(0, len(grp), per)]
 
 
 def _clean_prefix(model, ids, mask, layers) -> dict[int, torch.Tensor]:

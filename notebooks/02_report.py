@@ -19,6 +19,8 @@
 import os  # noqa: I001
 import tempfile
 
+import pandas as pd
+
 import interp
 from interp.analyses import registry
 from interp.report import run_report
@@ -56,4 +58,12 @@ scores[scores["score"] == "entropy"].pivot(index="layer", columns="head", values
 {k: result.manifest[k] for k in ["model", "weights_hash", "seed", "params", "timings_s"]}
 
 # %% [markdown]
-# Open `report.html` (in `out`) in a browser for the heatmaps, histograms and the atlas of head-set overlaps.
+# Open `report.html` (in `out`) in a browser: the head atlas (a layer × head map of roles; click a head for its
+# card). The roles are also a table, one row per (head, role, score) that fired, with the rule:
+
+# %%
+pd.read_parquet(result.out / "roles.parquet").head()
+
+# %% [markdown]
+# `interp report --static` writes the print-friendly page instead (a heatmap, histogram and top-10 table per
+# score); `interp compare A B --out DIR` compares two reports score by score.

@@ -10,7 +10,9 @@ Each rule names a role, the (analysis, score) it reads, a kind and a threshold, 
     percentile  value >= the ``threshold``-th percentile of the score         no published threshold
                 (over the model's heads, NaN excluded; and value > 0)
 
-``score`` may end in ``*`` (``sink_alpha_*``: every condition; the row names the score that fired). KV-head-level
+``score`` may end in ``*`` (e.g. ``sink_alpha_*``: every condition; the row names the score that fired). The sink
+rule reads natural text only (``sink_alpha_prose``): on random or repeated tokens nearly every head of a small
+model sinks, which says little about the head. KV-head-level
 scores (DuoAttention's α per KV head, GQA) give their role to every query head of the group:
 ``head // (n_heads // n_kv_heads) == kv_head``. Circuit classes: any score ``circuit_class_<name>`` of an analysis
 marks membership (value >= 0.5) and gives the role ``<name>`` (e.g. ``name_mover``), with no table entry needed.
@@ -74,7 +76,7 @@ class RoleRule:
 
 
 RETRIEVAL = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality"
-SINK = "Gu et al. 2025, When Attention Sink Emerges in Language Models (ε = 0.3; mean α over samples)"
+SINK = "Gu et al. 2025, When Attention Sink Emerges in Language Models (ε = 0.3, mean α over prose samples)"
 TL = "TransformerLens head_detector (Nanda et al.); threshold 0.3 is interp's convention"
 DUO = "Xiao et al. 2024, DuoAttention (gate α above the trained threshold)"
 STREAM = "Xiao et al. 2024, StreamingLLM (outside-mass τ = 0.1, as stream_head_frac)"
@@ -84,7 +86,7 @@ PCT = "no published threshold: top 5% of the model's heads (interp's rule)"
 
 RULES: tuple[RoleRule, ...] = (
     RoleRule("retrieval", "retrieval", "retrieval_score", "gt", 0.1, RETRIEVAL),
-    RoleRule("sink", "sinks", "sink_alpha_*", "gt", 0.3, SINK),
+    RoleRule("sink", "sinks", "sink_alpha_prose", "gt", 0.3, SINK),
     RoleRule("streaming", "sinks", "stream_outside", "lt", 0.1, STREAM),
     RoleRule("previous_token", "taxonomy", "previous_token", "gt", 0.3, TL),
     RoleRule("induction", "taxonomy", "induction", "gt", 0.3, TL),

@@ -163,6 +163,24 @@ def check_model_params(model, per_params: dict) -> None:
             p.check_model(model, f"params.{name}")
         except ParamError as e:
             raise ReportError(str(e)) from None
+    _check_memory_plan(model, per_params)
+
+
+def _check_memory_plan(model, per_params: dict) -> None:
+    """Each analysis's forward at its ``n_tokens`` × ``batch_size`` against the memory plan (``interp.plan``),
+    before any analysis runs (a model served by workers is checked there, at its first forward)."""
+    from interp.model import Model
+    from interp.plan import PlanError, check_run
+
+    if not isinstance(model, Model):
+        return
+    for name, p in per_params.items():
+        n, b = getattr(p, "n_tokens", None), getattr(p, "batch_size", None) or 1
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0 and isinstance(b, int):
+            try:
+                check_run(model, n, b, analyses=[name])
+            except PlanError as e:
+                raise ReportError(f"params.{name}: {e}") from None
 
 
 def _load_part(parts: Path, name: str, h: str):

@@ -218,6 +218,9 @@ def test_click_opens_card_with_the_score_table_numbers(browser, page, planted, t
     css(browser, "#card-tokens .tok[data-pos='30']")[0].click()
     assert css(browser, "#card-attn th")[0].text == "query 30"
     assert css(browser, "#card-dist .main-svg") and not errors(browser)
+    resid = planted[(planted["score"] == "resid_peak") & (planted["layer"] == 1)]["value"].iloc[0]
+    cell = css(browser, "#card-layer-scores tr[data-score='sinks/resid_peak'] td")[2]
+    assert float(cell.get_attribute("data-value")) == pytest.approx(resid, rel=1e-12)
     browser.save_screenshot(str(screenshot_dir(tmp_path) / "atlas_tiny_card.png"))
 
 

@@ -236,3 +236,24 @@ def test_parsers():
     assert parse_dtype("torch.bfloat16") is torch.bfloat16 and parse_dtype(torch.float16) is torch.float16
     assert parse_max_memory({"cpu": "1KiB", "disk": 5}) == {"cpu": 1024, "disk": 5}
     assert parse_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_kernel_choice_follows_each_layers_gpu(monkeypatch):
+    """Layers on two GPUs of different generations (faked capabilities: cuda:0 sm90, cuda:1 sm75): the
+    dispatcher probes the device of each layer's q, so bf16 takes Triton on cuda:0 and falls back to the chunked
+    path (with its warning) on cuda:1; INTERP_ATTN_IMPL forces one path on both."""
+    from interp.kernels.attention_stats.dispatch import ENV, Request, plan
+
+    pytest.importorskip("triton")
+    cc = {0: (9, 0), 1: (7, 5)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: cc[torch.device(d).index])
+    req = dict(dtype=torch.bfloat16, query_pos=64, key_pos=64, stats=frozenset({"entropy"}), want_output=True,
+               lse_wanted=True)
+    p0, p1 = plan(Request("cuda:0", **req), env={}), plan(Request("cuda:1", **req), env={})
+    assert (p0.impl, p0.fallback, p0.warning) == ("triton", "chunked", None)
+    assert p1.impl == "chunked" and "sm75" in p1.warning
+    for dev in ("cuda:0", "cuda:1"):
+        assert plan(Request(dev, **req), env={ENV: "chunked"}).impl == "chunked"
+    assert plan(Request("cuda:0", **dict(req, dtype=torch.float16)), env={}).impl == "triton"
+    assert plan(Request("cuda:1", **dict(req, dtype=torch.float16)), env={}).impl == "triton"  # fp16 runs on sm75

@@ -128,3 +128,16 @@ def test_cli_plan():
     assert r.exit_code == 2 and "is not DEVICE=SIZE" in r.output
     r = CliRunner().invoke(app, ["report", "--plan", "-m", "tiny-llama", "-a", "sinks", "--n-tokens", "32"])
     assert r.exit_code == 0 and "32 tokens × batch 1" in r.output
+
+
+def test_report_refuses_before_any_analysis_runs(tmp_path):
+    """interp report checks every analysis's n_tokens × batch against the plan once the model is loaded."""
+    from interp.report.runner import ReportError, run_report
+
+    m = tiny_model("llama", n_layers=2)
+    m.max_memory = {"cpu": 100 * MiB}
+    calls = []
+    m.hf.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ReportError, match=r"params\.sinks: .* needs [0-9.]+ GiB on cpu .* but 0.10 GiB fit"):
+        run_report(m, ["sinks"], tmp_path / "r", n_tokens=32, progress=False)
+    assert calls == []

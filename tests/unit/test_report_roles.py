@@ -50,14 +50,15 @@ def test_threshold_rules_fire_exactly_on_planted_heads(role, analysis, score, in
     assert row["rule"] == rule.text() and row["source"] == rule.source
 
 
-def test_sink_rule_reads_every_condition_and_names_the_one_that_fired():
+def test_sink_rule_reads_prose_and_a_glob_rule_names_the_score_that_fired():
     scores = ScoreTable.concat([planted("sinks", "sink_alpha_prose", [(1, 2)], 0.1, 0.8),
                                 planted("sinks", "sink_alpha_random", [(2, 0)], 0.1, 0.4),
                                 planted("other", "sink_alpha_prose", [(0, 0)], 0.1, 0.9)])  # other analysis
     roles = assign_roles(scores, Shape)
-    sink = roles[roles["role"] == "sink"]
+    assert head_roles(roles) == {"L1H2": ["sink"]}  # random tokens do not count
+    glob = RoleRule("sink", "sinks", "sink_alpha_*", "gt", 0.3, "x")
+    sink = assign_roles(scores, Shape, rules=(glob,))
     assert sorted(zip(sink["name"], sink["score"])) == [("L1H2", "sink_alpha_prose"), ("L2H0", "sink_alpha_random")]
-    assert head_roles(roles) == {"L1H2": ["sink"], "L2H0": ["sink"]}
 
 
 def test_ships_top_k_is_membership_of_the_k_largest():

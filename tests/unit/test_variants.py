@@ -190,3 +190,16 @@ def test_hidden_states_after_a_reused_prefix(m64):
         with torch.no_grad(), m64.intervene(*variant):
             hs = m64.forward(ids, output_hidden_states=True).hidden_states
         torch.testing.assert_close(got[v], hs[-1][None], rtol=1e-10, atol=1e-10)
+
+
+def test_chunks_group_by_start_layer():
+    from interp.variants import _chunks
+
+    starts = [3, 0, 5, 0, 1, 2, 4, 5, 3]
+    chunks = _chunks(starts, per=2, max_groups=3)
+    assert sorted(i for c in chunks for i in c) == list(range(len(starts)))
+    assert all(len(c) <= 2 for c in chunks)
+    # groups [0, 1], [2, 3], [4, 5] by the distinct start layers: a chunk never mixes groups
+    group = lambda i: min(starts[i] // 2, 2)  # noqa: E731
+    assert all(len({group(i) for i in c}) == 1 for c in chunks)
+    assert [starts[c[0]] for c in _chunks(starts, per=100, max_groups=3)] == [0, 2, 4]

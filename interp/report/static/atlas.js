@@ -28,12 +28,18 @@
     if (!(r.role in roleColor)) { roleColor[r.role] = PALETTE[roles.length % PALETTE.length]; roles.push(r.role); roleRules[r.role] = []; }
     roleRules[r.role].push(r);
   });
+  var ran = {};
+  D.analyses.forEach(function (a) { ran[a] = true; });
   var headRoles = {}, counts = {};
   Object.keys(D.roles).forEach(function (n) {
     var seen = {};
     D.roles[n].forEach(function (e) { seen[e[0]] = true; });
     headRoles[n] = roles.filter(function (r) { return seen[r]; });
     headRoles[n].forEach(function (r) { counts[r] = (counts[r] || 0) + 1; });
+  });
+  // the legend lists the roles whose analysis ran (and any role that fired, e.g. circuit classes)
+  var shown = roles.filter(function (r) {
+    return counts[r] || roleRules[r].some(function (x) { return ran[x.analysis]; });
   });
   function abbrev(role) {
     var p = role.split("_");
@@ -60,7 +66,7 @@
   mapSec.appendChild(el("div", {"class": "controls"}, [el("label", {text: "Find head "}, [search]), msg,
     el("button", {id: "clear-filters", type: "button", text: "all roles", onclick: function () { setFilters([]); }})]));
   var legend = el("div", {id: "legend"});
-  roles.forEach(function (r) {
+  shown.forEach(function (r) {
     var box = el("input", {type: "checkbox", "data-role": r, onchange: applyFilters});
     legend.appendChild(el("label", {"class": "role-filter", "data-role": r}, [box, badge(r), " " + r + " ",
       el("span", {"class": "count", text: "(" + (counts[r] || 0) + ")"})]));
@@ -68,7 +74,7 @@
   mapSec.appendChild(legend);
   var ruleRows = [el("tr", {}, [el("th", {"class": "l", text: "role"}), el("th", {"class": "l", text: "rule"}),
     el("th", {text: "heads"}), el("th", {"class": "l", text: "source"})])];
-  roles.forEach(function (r) {
+  shown.forEach(function (r) {
     roleRules[r].forEach(function (x) {
       ruleRows.push(el("tr", {}, [el("td", {"class": "l"}, [badge(r), " " + r]),
         el("td", {"class": "l", text: (x.analysis ? x.analysis + ": " : "") + x.rule}),
@@ -173,6 +179,20 @@
         el("td", {"class": "rank", text: r.rank + " / " + r.n}), el("td", {"class": "pct", text: r.pct.toFixed(1)})]));
     });
     card.appendChild(el("table", {id: "card-scores"}, rows));
+    var layerRows = [el("tr", {}, ["analysis", "layer-level score", "value", "rank of layer"].map(function (t, i) {
+      return el("th", {"class": i < 2 ? "l" : "", text: t}); }))];
+    D.scores.forEach(function (e) {
+      var v = e.level === "layer" ? e.values[l] : null;
+      if (v == null) return;
+      var r = rankOf(e, v);
+      layerRows.push(el("tr", {"data-score": e.analysis + "/" + e.score}, [el("td", {"class": "l", text: e.analysis}),
+        el("td", {"class": "l", text: e.score}), el("td", {"data-value": String(v), text: fmt(v)}),
+        el("td", {text: r.rank + " / " + r.n})]));
+    });
+    if (layerRows.length > 1) {
+      card.appendChild(el("h3", {text: "Layer " + l + " (layer-level scores)"}));
+      card.appendChild(el("table", {id: "card-layer-scores"}, layerRows));
+    }
     cardDistribution(card, l, h);
     cardAttention(card, l, h);
   }
