@@ -1,11 +1,19 @@
-"""Benchmark: all-heads z activation patching (all positions) — batched ``interp.patch_sweep`` vs a
-TransformerLens hook loop (one ``run_with_hooks`` per head, as ``get_act_patch_attn_head_out_all_pos`` does).
+"""Benchmark: all-heads z activation patching — ``interp.patch_sweep`` vs TransformerLens's own
+``transformer_lens.patching`` functions on the same model's TL bridge (``model.tl``).
 
 IOI-style prompt pair of equal token length; metric = logit difference " Mary" − " John" at the last position.
-Reports wall time of each (clean cache run included), the speed-up and the max |difference| of the two
-[layer, head] tables. Writes ``reports/bench/patching.json``.
 
-    python benchmarks/patching.py [--layers N] [--threads T] [--budget-mb MB]
+- all positions: every head of every layer, ``patch_sweep(..., "z", positions="all")`` vs
+  ``get_act_patch_attn_head_out_all_pos``;
+- each position: every head × position of ``--each-layers`` (TL's loop is one forward per site, so it is
+  restricted to a few layers through its ``index_df``; ours runs the same sites), ``positions="each"`` vs
+  ``get_act_patch_attn_head_out_by_pos``.
+
+Methods run round-robin ``--repeats`` times (the machine may be shared: the load average is recorded before
+and after); the table shows medians, the speed-up is the ratio of medians, max |Δ| is against TL's table.
+Both sides' times include their clean cache run. Writes ``reports/bench/patching.json``.
+
+    python benchmarks/patching.py [--layers N] [--each-layers 0,10,20] [--repeats 3] [--threads T]
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -24,34 +33,66 @@ CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 
 
-def tl_loop(model, clean, corrupt, metric, layers):
-    """One ``run_with_hooks`` per head on the TL bridge, patching clean hook_z[:, :, head] into the corrupt run."""
-    tl = model.tl
-    _, cache = tl.run_with_cache(clean, names_filter=lambda n: n.endswith("attn.hook_z"))
-    out = torch.zeros(len(layers), model.shape.n_heads)
-    for i, L in enumerate(layers):
-        name = f"blocks.{L}.attn.hook_z"
-        clean_z = cache[name]
-        for h in range(model.shape.n_heads):
-            def hook(z, hook, h=h, clean_z=clean_z):
-                z = z.clone()
-                z[:, :, h] = clean_z[:, :, h]
-                return z
+def tl_all_pos(model, clean, corrupt, metric, layers):
+    """TL's ``get_act_patch_attn_head_out_all_pos`` over ``layers`` × all heads → ``[layer, head]``."""
+    import pandas as pd
+    from transformer_lens import patching as tlp
 
-            with torch.no_grad():
-                logits = tl.run_with_hooks(corrupt, fwd_hooks=[(name, hook)])
-            out[i, h] = metric(logits).mean()
+    _, cache = model.tl.run_with_cache(clean)
+    index = pd.DataFrame([(L, h) for L in layers for h in range(model.shape.n_heads)], columns=["layer", "head"])
+    out = tlp.get_act_patch_attn_head_out_all_pos(model.tl, corrupt, cache, lambda lg: metric(lg).mean(),
+                                                  index_axis_names=None, index_df=index)
+    return out.reshape(len(layers), model.shape.n_heads).float().cpu()
+
+
+def tl_by_pos(model, clean, corrupt, metric, layers):
+    """TL's ``get_act_patch_attn_head_out_by_pos`` over ``layers`` × heads × positions → ``[layer, head, pos]``."""
+    import pandas as pd
+    from transformer_lens import patching as tlp
+
+    _, cache = model.tl.run_with_cache(clean)
+    n_pos, n_h = clean.shape[1], model.shape.n_heads
+    index = pd.DataFrame([(L, p, h) for L in layers for p in range(n_pos) for h in range(n_h)],
+                         columns=["layer", "pos", "head"])
+    out = tlp.get_act_patch_attn_head_out_by_pos(model.tl, corrupt, cache, lambda lg: metric(lg).mean(),
+                                                 index_axis_names=None, index_df=index)
+    return out.reshape(len(layers), n_pos, n_h).transpose(1, 2).float().cpu()
+
+
+def _table(title, rows, ref_name, n_sites):
+    t_ref = statistics.median(rows[ref_name][0])
+    ref = rows[ref_name][1]
+    print(f"\n{title}")
+    print(f"{'method':44s} {'median s':>9s} {'runs (s)':>22s} {'ms/site':>8s} {'speed-up':>9s} {'max|Δ| vs TL':>13s}")
+    out = []
+    for name, (secs, vals) in rows.items():
+        med = statistics.median(secs)
+        diff = float((vals - ref).abs().max())
+        runs = " ".join(f"{s:.2f}" for s in secs)
+        print(f"{name:44s} {med:9.2f} {runs:>22s} {1000 * med / n_sites:8.2f} {t_ref / med:8.1f}× {diff:13.2e}")
+        out.append(dict(method=name, seconds_median=med, seconds=secs, ms_per_site=1000 * med / n_sites,
+                        speedup_vs_tl=t_ref / med, max_abs_diff_vs_tl=diff))
     return out
+
+
+def _timed(runs, name, fn):
+    t = time.perf_counter()
+    vals = fn()
+    runs.setdefault(name, ([], None))
+    runs[name] = (runs[name][0] + [time.perf_counter() - t], vals)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=None, help="only the first N layers (default: all)")
+    ap.add_argument("--layers", type=int, default=None, help="all-positions sweep: first N layers (default: all)")
+    ap.add_argument("--each-layers", default="0,10,20", help="layers of the per-position comparison")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--budget-mb", type=float, default=1024)
     ap.add_argument("--model", default="default")
     ap.add_argument("--out", default="reports/bench/patching.json")
     args = ap.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # TL's progress bars
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -66,37 +107,41 @@ def main():
     john = model.tokenizer(" John", add_special_tokens=False)["input_ids"][0]
     metric = lambda lg: logit_diff(lg, mary, john)
     layers = list(range(args.layers or model.shape.n_layers))
-    n_sites = len(layers) * model.shape.n_heads
+    each_layers = [int(x) for x in args.each_layers.split(",")]
+    n_h, n_pos = model.shape.n_heads, clean.shape[1]
     _ = model.tl  # build the bridge outside the timings
     interp.patch_sweep(model, clean, corrupt, "z", metric, layers=layers[:1], heads=[0])  # warm-up
+    load_before = os.getloadavg()
 
-    rows = {}
-    for name, kw in (("interp batched (prefix reuse)", dict(reuse_prefix=True)),
-                     ("interp batched (no reuse)", dict(reuse_prefix=False))):
-        t = time.perf_counter()
-        res = interp.patch_sweep(model, clean, corrupt, "z", metric, "all", layers=layers,
-                                 memory_budget_mb=args.budget_mb, **kw)
-        rows[name] = (time.perf_counter() - t, res.values)
-    t = time.perf_counter()
-    ref = tl_loop(model, clean, corrupt, metric, layers)
-    rows["TransformerLens hook loop"] = (time.perf_counter() - t, ref)
+    def ours(ls, positions, **kw):
+        return lambda: interp.patch_sweep(model, clean, corrupt, "z", metric, positions, layers=ls,
+                                          memory_budget_mb=args.budget_mb, **kw).values
 
-    t_tl = rows["TransformerLens hook loop"][0]
-    print(f"\nz patching, all positions: {n_sites} heads ({len(layers)} layers × {model.shape.n_heads}), "
-          f"prompt {clean.shape[1]} tokens, {torch.get_num_threads()} CPU threads, {model.name}")
-    print(f"{'method':32s} {'time (s)':>9s} {'ms/site':>8s} {'speed-up':>9s} {'max|Δ| vs TL':>13s}")
-    results = []
-    for name, (sec, vals) in rows.items():
-        diff = float((vals - ref).abs().max())
-        print(f"{name:32s} {sec:9.2f} {1000 * sec / n_sites:8.1f} {t_tl / sec:8.1f}× {diff:13.2e}")
-        results.append(dict(method=name, seconds=sec, ms_per_site=1000 * sec / n_sites, speedup_vs_tl=t_tl / sec,
-                             max_abs_diff_vs_tl=diff))
-    doc = dict(benchmark="patching", model=model.name, n_layers=len(layers), n_heads=model.shape.n_heads,
-               n_sites=n_sites, n_tokens=int(clean.shape[1]), threads=torch.get_num_threads(),
-               budget_mb=args.budget_mb, device=str(model.device), torch=torch.__version__,
-               machine=platform.machine(), cpu_count=os.cpu_count(), clean=CLEAN, corrupt=CORRUPT,
-               metric="logit_diff(' Mary', ' John') at the last position", results=results,
-               tl_table=ref.tolist())
+    all_rows, each_rows = {}, {}
+    for _ in range(args.repeats):
+        _timed(all_rows, "interp patch_sweep (prefix reuse)", ours(layers, "all"))
+        _timed(all_rows, "interp patch_sweep (reuse_prefix=False)", ours(layers, "all", reuse_prefix=False))
+        _timed(all_rows, "TL get_act_patch_attn_head_out_all_pos", lambda: tl_all_pos(model, clean, corrupt,
+                                                                                       metric, layers))
+        _timed(each_rows, "interp patch_sweep each (prefix reuse)", ours(each_layers, "each"))
+        _timed(each_rows, "TL get_act_patch_attn_head_out_by_pos", lambda: tl_by_pos(model, clean, corrupt,
+                                                                                      metric, each_layers))
+    load_after = os.getloadavg()
+
+    print(f"\nmodel {model.name}, prompt {n_pos} tokens, {torch.get_num_threads()} CPU threads, {args.repeats} "
+          f"repeats, load average before {load_before[0]:.2f} / after {load_after[0]:.2f} ({os.cpu_count()} CPUs)")
+    res_all = _table(f"z patching, all positions: {len(layers) * n_h} heads ({len(layers)} layers × {n_h})",
+                     all_rows, "TL get_act_patch_attn_head_out_all_pos", len(layers) * n_h)
+    n_each = len(each_layers) * n_h * n_pos
+    res_each = _table(f"z patching, each position: {n_each} sites (layers {each_layers} × {n_h} heads × {n_pos} "
+                      "positions)", each_rows, "TL get_act_patch_attn_head_out_by_pos", n_each)
+    doc = dict(benchmark="patching", model=model.name, n_layers=len(layers), n_heads=n_h, n_sites=len(layers) * n_h,
+               n_tokens=int(n_pos), each_layers=each_layers, n_sites_each=n_each, repeats=args.repeats,
+               threads=torch.get_num_threads(), budget_mb=args.budget_mb, device=str(model.device),
+               torch=torch.__version__, machine=platform.machine(), cpu_count=os.cpu_count(),
+               loadavg_before=list(load_before), loadavg_after=list(load_after), clean=CLEAN, corrupt=CORRUPT,
+               metric="logit_diff(' Mary', ' John') at the last position", results=res_all,
+               results_each=res_each, tl_table=all_rows["TL get_act_patch_attn_head_out_all_pos"][1].tolist())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(out, doc, indent=1, sort_keys=False)

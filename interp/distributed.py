@@ -202,12 +202,12 @@ class Executor:
         """Stop the replicas; shut the cluster down when this executor started or joined it."""
         import ray
 
-        for a in getattr(self, "_actors", []):
+        for a in getattr(self, "_actors", []) + list(getattr(self, "_loading", {}).values()):
             try:
                 ray.kill(a)
             except Exception:
                 pass
-        self._actors = []
+        self._actors, self._loading = [], {}
         if self._owns and ray.is_initialized():
             ray.shutdown()
         self._owns = self._started = False
@@ -249,12 +249,25 @@ class Executor:
         ``on_result(unit, output)`` is called as each unit finishes (e.g. to checkpoint it)."""
         import ray
 
-        from .report.runner import AnalysisFailed, failure_kind
-
         self.start()
         sref = ray.put(splitter)
         pending, free = deque(units), list(self._actors)
-        inflight, starting, attempts, done = {}, {}, {}, {}
+        inflight, attempts, done = {}, {}, {}
+        starting, self._loading = getattr(self, "_loading", {}), {}  # replacements from an earlier run
+        for _ in range(self.workers - len(self._actors) - len(starting)):  # replicas lost earlier: top up
+            actor, info_ref = self._spawn()
+            starting[info_ref] = actor
+        try:
+            self._schedule(sref, params, seed, pending, free, inflight, starting, attempts, done, on_result)
+        finally:
+            self._loading = starting  # still loading: they join the next run (close() stops them)
+        return done
+
+    def _schedule(self, sref, params, seed, pending, free, inflight, starting, attempts, done, on_result):
+        import ray
+
+        from .report.runner import AnalysisFailed, failure_kind
+
         while pending or inflight:
             while pending and free:
                 actor, unit = free.pop(0), pending.popleft()
@@ -297,7 +310,6 @@ class Executor:
             done[unit.key] = out
             if on_result is not None:
                 on_result(unit, out)
-        return done
 
     def run_analysis(self, spec, params, seed: int = 0, *, checkpoint=None, meta: dict | None = None) -> dict:
         """Split, run (resuming finished units from ``checkpoint``), merge: the analysis's tables."""

@@ -372,6 +372,7 @@ def _in_hf_cache(repo_id: str) -> bool:
 
 def _load_gguf(path: Path, dtype):
     import logging
+    import struct
 
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -380,5 +381,20 @@ def _load_gguf(path: Path, dtype):
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    except (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, MemoryError, struct.error,
+            OverflowError) as e:
+        raise ModelNotAvailableError(_corrupt_gguf(path, e)) from None
     finally:
         hf_logging.enable_progress_bar()
+
+
+def _corrupt_gguf(path: Path, e: BaseException) -> str:
+    """One line for a ``.gguf`` that does not parse: its size and, for a packaged file name, the pinned sha256."""
+    size = path.stat().st_size if path.is_file() else 0
+    pinned = [m.sha256 for m in PACKAGED.values() if m.gguf_name == path.name]
+    want = f"; expected sha256 {pinned[0]}" if pinned else ""
+    with open(path, "rb") as f:
+        magic = f.read(4) == b"GGUF"
+    what = "corrupt or truncated" if magic else "not a GGUF file (no GGUF magic bytes)"
+    why = f"{type(e).__module__}.{type(e).__name__}"
+    return f"GGUF file {path} ({size} bytes) is {what}: it could not be parsed ({why}){want}; re-download it"

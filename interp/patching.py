@@ -8,9 +8,20 @@ s by its value on the *clean* input, and record metric(logits_patched), averaged
 
 Instead of one forward per site, each site is a variant ``Patch(site, clean value)`` and
 ``interp.variants.run_variants`` packs them into the batch (rows ``j·batch … (j+1)·batch − 1`` belong to
-variant j) in chunks sized to ``memory_budget_mb``. Layers below a chunk's earliest patched layer are identical
-for every replica, so (``reuse_prefix=True``) they run once on the corrupt input and the chunk starts from the
-cached ``resid_pre``; variants are ordered by layer so this skips ≈ half the work.
+variant j) in chunks sized to ``memory_budget_mb``. With ``reuse_prefix=True`` (default) three exact shortcuts
+skip work whose result is known:
+
+- layers: below a chunk's earliest patched layer every replica equals the corrupt run, so the chunk starts from
+  the cached ``resid_pre`` (``run_variants``' prefix reuse; variants ordered by layer);
+- positions: in a causal model, before the first token ``p0`` where clean and corrupt differ (in any batch
+  row) every activation of the two runs is equal, so a patch there is a no-op (its value is the corrupt
+  metric) and the patched forwards run only positions ``p0…`` on the corrupt run's KV cache of ``0…p0−1``
+  (an IOI pair differing at one name: 4 of 14 positions);
+- logits: when the metric's value on the clean and corrupt logits is unchanged with every position but the
+  last set to NaN, the patched forwards compute the last position's logits only (``logits_to_keep``); the
+  metric still sees ``[batch, pos, d_vocab]`` (corrupt logits before ``p0``, NaN between).
+
+``reuse_prefix=False`` runs every variant on the whole prompt (the plain reference path).
 
 Sites (``sites=``): head components ``q``, ``z``, ``pattern`` (query heads), ``k``, ``v`` (KV heads); layer
 components ``resid_pre``, ``attn_in``, ``attn_out``, ``resid_mid``, ``mlp_in``, ``mlp_out``, ``resid_post``.
@@ -25,6 +36,8 @@ per site on tiny models, and in ``tests/parity/test_patching_tl.py`` against Tra
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -129,16 +142,57 @@ def patch_sweep(model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, sites
                       batch_size, reuse_prefix, per_head)
 
 
-def _patch(sites: str, clean: torch.Tensor, L: int, h, p) -> Patch:
-    """The clean activation ``clean`` (as the hook of ``Site(L, sites)`` sees it) patched at head ``h`` and
-    position ``p`` (None = all); for ``pattern`` the position is the query position."""
+def _patch(sites: str, clean: torch.Tensor, L: int, h, p, off: int = 0) -> Patch:
+    """The clean activation ``clean`` (as the hook of ``Site(L, sites)`` sees it on the whole prompt) patched at
+    head ``h`` and position ``p`` (None = all); for ``pattern`` the position is the query position. ``off``: the
+    forward runs positions ``off…`` on a KV cache of the rest (k/v hooks still see every key position)."""
+    off = 0 if sites in ("k", "v") else off
+    pos = None if p is None else p - off
     if h is None:
-        value = clean if p is None else clean[:, p:p + 1]
+        value = clean[:, off:] if p is None else clean[:, p:p + 1]
     elif sites == "pattern":  # [batch, head, query_pos, key_pos]
-        value = clean[:, h] if p is None else clean[:, h, p:p + 1]
+        value = clean[:, h, off:] if p is None else clean[:, h, p:p + 1]
     else:  # [batch, pos, head, d]
-        value = clean[:, :, h] if p is None else clean[:, p:p + 1, h]
-    return Patch(Site(L, sites, h), value, pos=p)
+        value = clean[:, off:, h] if p is None else clean[:, p:p + 1, h]
+    return Patch(Site(L, sites, h), value, pos=pos)
+
+
+def _first_difference(clean_ids, corrupt_ids) -> int:
+    """First position where any batch row of clean and corrupt differ (``pos`` if they are identical)."""
+    diff = (clean_ids != corrupt_ids).any(0).nonzero()
+    return int(diff[0]) if len(diff) else clean_ids.shape[1]
+
+
+def _corrupt_run(model, ids: torch.Tensor, p0: int):
+    """The unpatched corrupt run on ``ids [batch, pos]``: ``(logits [batch, pos, d_vocab], past)`` with ``past``
+    the per-layer ``(key, value) [batch, kv_head, p0, d_head]`` of the first ``p0`` positions (None when ``p0``
+    is 0 or covers every position)."""
+    from transformers import DynamicCache
+
+    from .hooks import interp_attention_active
+
+    name = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+    with torch.no_grad(), interp_attention_active(model):
+        out = model.hf(input_ids=ids.to(model.device), use_cache=True, **{name: DynamicCache()})
+    if not 0 < p0 < ids.shape[1]:
+        return out.logits, None
+    kv = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    return out.logits, [(layer.keys[:, :, :p0], layer.values[:, :, :p0]) for layer in kv.layers]
+
+
+def _reads_last_only(evaluate, logits_list) -> bool:
+    """True when the metric's value on each of ``logits_list`` ``[batch, pos, d_vocab]`` is unchanged (and finite)
+    with every position but the last set to NaN."""
+    for lg in logits_list:
+        poisoned = lg.clone()
+        poisoned[:, :-1] = float("nan")
+        try:
+            a, b = float(evaluate(lg)), float(evaluate(poisoned))
+        except Exception:
+            return False
+        if not (math.isfinite(b) and a == b):
+            return False
+    return True
 
 
 def _sweep(model, clean_ids, corrupt_ids, sites, metric, positions, memory_budget_mb, layers, heads, batch_size,
@@ -154,8 +208,10 @@ def _sweep(model, clean_ids, corrupt_ids, sites, metric, positions, memory_budge
     if missing:
         raise RuntimeError(f"the hook runtime did not reach {missing[0]}: is the model's attention replaced "
                            "by another wrapper (e.g. a TransformerLens bridge)?")
-    with torch.no_grad():
-        corrupt_logits = model.forward(corrupt_ids).logits
+    # causal model: before the first differing token every activation of the clean and corrupt runs agrees, so
+    # patches there are no-ops and the patched runs continue the corrupt run's KV cache of that prefix
+    p0 = _first_difference(clean_ids, corrupt_ids) if reuse_prefix else 0
+    corrupt_logits, past = _corrupt_run(model, corrupt_ids, p0)
 
     def evaluate(logits):
         v = torch.as_tensor(metric(logits))
@@ -163,9 +219,29 @@ def _sweep(model, clean_ids, corrupt_ids, sites, metric, positions, memory_budge
             raise ValueError(f"metric must return [batch] = [{batch}] values or a scalar, got shape {tuple(v.shape)}")
         return v.float().mean()
 
-    patches = [_patch(sites, clean_cache[Site(L, sites)], L, h, p) for L, h, p in variants]
-    values = run_variants(model, corrupt_ids, patches, lambda out: evaluate(out.logits),
-                          memory_budget_mb=memory_budget_mb, max_variants=batch_size, reuse_prefix=reuse_prefix)
+    corrupt_value = evaluate(corrupt_logits)
+    todo = [i for i, (L, h, p) in enumerate(variants) if p0 < n_pos and (p is None or p >= p0)]
+    values = corrupt_value.repeat(len(variants))
+    if todo:
+        keep = n_pos - p0
+        if (reuse_prefix and "logits_to_keep" in inspect.signature(model.hf.forward).parameters
+                and _reads_last_only(evaluate, [clean_logits, corrupt_logits])):
+            keep = 1
+        full = corrupt_logits.clone()  # the metric's input: corrupt logits before p0, the patched run's after
+        full[:, p0:] = float("nan")
+
+        def readout(out):
+            full[:, n_pos - keep:] = out.logits[:, -keep:]
+            v = evaluate(full)
+            if not torch.isfinite(v) and torch.isfinite(corrupt_value) and keep < n_pos - p0:
+                raise RuntimeError("the metric gave NaN on a patched run although it read only the last position "
+                                   "on the clean and corrupt runs; pass reuse_prefix=False")
+            return v
+
+        patches = [_patch(sites, clean_cache[Site(L, sites)], L, h, p, p0) for L, h, p in (variants[i] for i in todo)]
+        values[todo] = run_variants(model, corrupt_ids[:, p0:], patches, readout, memory_budget_mb=memory_budget_mb,
+                                    max_variants=batch_size, reuse_prefix=reuse_prefix, past=past,
+                                    logits_to_keep=keep if keep < n_pos - p0 else 0)
 
     dims = ("layer",) + (("head",) if per_head else ()) + (("pos",) if positions == "each" else ())
     sizes = [len(layers)] + ([len(heads)] if per_head else []) + ([n_pos] if positions == "each" else [])
@@ -173,4 +249,4 @@ def _sweep(model, clean_ids, corrupt_ids, sites, metric, positions, memory_budge
         values=values.float().reshape(sizes), dims=dims, component=sites, layers=layers,
         heads=list(heads) if per_head else None, positions=list(range(n_pos)) if positions == "each" else None,
         sites=[(Site(L, sites, h), p) for L, h, p in variants],
-        clean_value=float(evaluate(clean_logits)), corrupt_value=float(evaluate(corrupt_logits)))
+        clean_value=float(evaluate(clean_logits)), corrupt_value=float(corrupt_value))

@@ -115,8 +115,19 @@ def _as_list(variant, i: int) -> list:
     raise TypeError(f"variant {i} must be an Intervention or a list of them, got {type(variant).__name__}")
 
 
-def _forward(model, ids, mask, handlers, logits_to_keep, hidden_states):
-    kw = {}
+def _replicated_cache(model, past, c: int) -> dict:
+    """The forward argument holding a fresh ``DynamicCache`` of ``past`` (per-layer ``(key, value)``) repeated
+    for ``c`` variants (``cache`` in newer transformers, ``past_key_values`` before)."""
+    import inspect
+
+    from transformers import DynamicCache
+
+    name = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+    return {name: DynamicCache([(k.repeat(c, 1, 1, 1), v.repeat(c, 1, 1, 1)) for k, v in past])}
+
+
+def _forward(model, ids, mask, handlers, logits_to_keep, hidden_states, past=None, c=1):
+    kw = {} if past is None else _replicated_cache(model, past, c)
     if logits_to_keep:
         kw["logits_to_keep"] = logits_to_keep
     if hidden_states:
@@ -142,20 +153,24 @@ def _check_ids(model, ids, attention_mask):
 def run_variants(model, ids: torch.Tensor, variants: Sequence, readout: Callable | None = None, *,
                  attention_mask: torch.Tensor | None = None, memory_budget_mb: float = 1024.0,
                  max_variants: int | None = None, reuse_prefix: bool = True, logits_to_keep: int = 0,
-                 hidden_states: bool = False) -> torch.Tensor:
+                 hidden_states: bool = False, past=None) -> torch.Tensor:
     """``readout`` of each variant's forward, stacked: ``[variant, ...]`` (``readout(VariantOutput)`` returns a
     tensor of the same shape for every variant; default: the logits ``[batch, n_logit_pos, d_vocab]``).
 
     ``ids``, ``attention_mask``: ``[batch, pos]`` (left padding: positions count from each row's first real
     token). ``variants``: each an ``Intervention``, a list of them, or ``[]`` for the clean run; their tensor
     values are shaped for the ``batch`` rows. ``max_variants`` caps the variants per forward (else from
-    ``memory_budget_mb``); ``logits_to_keep``/``hidden_states`` are passed to the HF forward.
+    ``memory_budget_mb``); ``logits_to_keep``/``hidden_states`` are passed to the HF forward. ``past``: per-layer
+    ``(key, value) [batch, kv_head, n_past, d_head]`` of positions before ``ids`` (which then continue that KV
+    cache; hooks see ``ids``' positions, k/v hooks the cached keys too); each forward gets its own replicated copy.
     """
     from .hooks import native_modules
 
     _check_ids(model, ids, attention_mask)
     if not len(variants):
         raise ValueError("no variants given; pass at least one (use [] for the clean run)")
+    if past is not None and attention_mask is not None:
+        raise ValueError("past (a KV-cache prefix) goes without attention_mask: pass unpadded ids")
     readout = readout or (lambda out: out.logits)
     batch, n_pos = ids.shape
     per = variants_per_chunk(model, batch, n_pos, memory_budget_mb, logits_to_keep=logits_to_keep,
@@ -168,11 +183,11 @@ def run_variants(model, ids: torch.Tensor, variants: Sequence, readout: Callable
         compiled = [[p for it in _as_list(v, i) for p in it.compile(model)] for i, v in enumerate(variants)]
         starts = [min((site.layer for site, _ in pairs), default=0) if reuse_prefix else 0 for pairs in compiled]
         chunks = _chunks(starts, per)
-        prefix = _clean_prefix(model, ids, attention_mask, sorted({starts[c[0]] for c in chunks} - {0}))
+        prefix = _clean_prefix(model, ids, attention_mask, sorted({starts[c[0]] for c in chunks} - {0}), past)
         results: list = [None] * len(compiled)
         for chunk in chunks:
             for i, value in zip(chunk, _run_chunk(model, ids, attention_mask, chunk, compiled, starts[chunk[0]],
-                                                  prefix, readout, logits_to_keep, hidden_states)):
+                                                  prefix, readout, logits_to_keep, hidden_states, past)):
                 results[i] = value
     return torch.stack([torch.as_tensor(r) for r in results])
 
@@ -191,7 +206,7 @@ def _chunks(starts: list[int], per: int, max_groups: int = 6) -> list[list[int]]
     return [grp[k:k + per] for grp in groups for k in range(0, len(grp), per)]
 
 
-def _clean_prefix(model, ids, mask, layers) -> dict[int, torch.Tensor]:
+def _clean_prefix(model, ids, mask, layers, past=None) -> dict[int, torch.Tensor]:
     """Clean ``resid_pre [batch, pos, d_model]`` at each of ``layers`` (one forward; {} when none)."""
     if not layers:
         return {}
@@ -200,7 +215,7 @@ def _clean_prefix(model, ids, mask, layers) -> dict[int, torch.Tensor]:
     def keep(x, site):
         cache[site.layer] = x.detach()
 
-    _forward(model, ids, mask, {Site(layer, "resid_pre"): keep for layer in layers}, 1, False)
+    _forward(model, ids, mask, {Site(layer, "resid_pre"): keep for layer in layers}, 1, False, past)
     missing = [layer for layer in layers if layer not in cache]
     if missing:
         raise RuntimeError(f"the hook runtime did not reach resid_pre of layer {missing[0]}: is the model's "
@@ -216,7 +231,7 @@ def _hidden(hs: tuple, rows: slice, start: int, n_layers: int) -> tuple:
     return (None,) * (start + 1) + tuple(h[rows] for h in hs[len(hs) - (n_layers - start):])
 
 
-def _run_chunk(model, ids, mask, chunk, compiled, start, prefix, readout, logits_to_keep, hidden_states):
+def _run_chunk(model, ids, mask, chunk, compiled, start, prefix, readout, logits_to_keep, hidden_states, past):
     """One packed forward of the variants ``chunk`` (indices into ``compiled``); yields each one's readout."""
     batch = ids.shape[0]
     c = len(chunk)
@@ -229,7 +244,7 @@ def _run_chunk(model, ids, mask, chunk, compiled, start, prefix, readout, logits
     big_ids = ids.repeat(c, 1)
     big_mask = None if mask is None else mask.repeat(c, 1)
     with skip_layers(model, start):
-        out = _forward(model, big_ids, big_mask, handlers, logits_to_keep, hidden_states)
+        out = _forward(model, big_ids, big_mask, handlers, logits_to_keep, hidden_states, past, c)
     for j, i in enumerate(chunk):
         rows = slice(j * batch, (j + 1) * batch)
         hs = _hidden(out.hidden_states, rows, start, model.shape.n_layers) if hidden_states else None

@@ -491,7 +491,7 @@ def _run_locked(model, model_name, names, specs, per_params, out, created, t_sta
         model=model, analyses=names + others, params=plain, seed=seed, timings=timings, data_files=data,
         official=official, tables=extra, command=command if command is not None else sys.argv,
         extra_timings={"load_model": round(load_seconds, 3), "report_html": round(html_seconds, 3),
-                       "total": round(time.perf_counter() - t_start, 3)})
+                       "total": round(time.perf_counter() - t_start, 3)}, out=out)
     manifest["seeds"] = seeds
     manifest["files"] = sorted({f for n in names + others for f in folder.part_files(out, n)}
                                | {f for f in folder.TOP_FILES if (out / f).is_file()} | set(extra)

@@ -67,6 +67,50 @@ def test_batched_sweep_equals_naive_loop(family, comp, positions):
     assert (ref - res.corrupt_value).abs().max() > 1e-4
 
 
+SHARED = [("llama", "z", "all"), ("llama", "z", "each"), ("llama", "pattern", "each"), ("llama", "k", "each"),
+          ("llama", "resid_pre", "each"), ("llama", "mlp_out", "all"), ("qwen2", "v", "all"),
+          ("gemma3", "z", "all"), ("gemma3", "q", "each"), ("gemma3", "resid_mid", "each")]
+
+
+@pytest.mark.parametrize("family,comp,positions", SHARED)
+def test_shared_prefix_kv_cache_equals_naive_loop(family, comp, positions):
+    """Clean and corrupt agree on the first 3 of 6 tokens (as IOI pairs do): the sweep then runs only the last
+    positions on the corrupt prefix's KV cache and skips the no-op patches before them; the naive loop runs
+    every patch on the full prompt. (gemma3: sliding window 3 < prompt, so the cached keys must be masked.)"""
+    model = tiny_model(family, n_layers=3, seed=1, sliding_window=3)
+    clean = _ids(seed=1, n=6)
+    corrupt = torch.cat([clean[:, :3], _ids(seed=2, n=3)], 1)
+    corrupt[1, 3] = clean[1, 3]  # row 1 differs later than row 0: the prefix is the batch's common part
+    ref = naive_sweep(model, clean, corrupt, comp, positions, _metric)
+    res = patch_sweep(model, clean, corrupt, comp, _metric, positions, batch_size=4)
+    torch.testing.assert_close(res.values, ref, atol=2e-6, rtol=1e-5)
+    assert (ref - res.corrupt_value).abs().max() > 1e-4
+    if positions == "each":  # positions before the first difference change nothing
+        assert (ref[..., :3] - res.corrupt_value).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("which", ["loss_all_positions", "logit_diff_pos4", "last_position"])
+def test_shared_prefix_metric_positions(which):
+    """The patched runs compute the last position's logits only when the metric provably reads nothing else
+    (NaN probe); metrics reading earlier positions (every one, or position 4 of 6) get them all."""
+    model = tiny_model("llama", n_layers=3, seed=1)
+    clean = _ids(seed=1, n=6)
+    corrupt = torch.cat([clean[:, :2], _ids(seed=2, n=4)], 1)
+    metric = {"loss_all_positions": lambda lg: next_token_loss(lg, corrupt),
+              "logit_diff_pos4": lambda lg: logit_diff(lg, 5, 7, pos=4),
+              "last_position": lambda lg: answer_prob(lg, 5)}[which]
+    ref = naive_sweep(model, clean, corrupt, "z", "each", metric)
+    res = patch_sweep(model, clean, corrupt, "z", metric, "each")
+    torch.testing.assert_close(res.values, ref, atol=2e-6, rtol=1e-5)
+    assert (ref - res.corrupt_value).abs().max() > 1e-4
+
+
+def test_identical_inputs_give_the_corrupt_value(tiny_llama):
+    ids = _ids(batch=1)
+    res = patch_sweep(tiny_llama, ids, ids, "z", _metric, "each")
+    assert torch.all(res.values == res.corrupt_value) and res.clean_value == res.corrupt_value
+
+
 def test_result_layout_and_frame(tiny_llama):
     clean, corrupt = _ids(batch=1), _ids(batch=1, seed=3)
     res = patch_sweep(tiny_llama, clean, corrupt, "z", _metric, "each", layers=[1], heads=[0, 2])
