@@ -18,10 +18,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {
-    "zerotuning": dict(tasks=["sentiment", "category"], n_candidates=8, sweep=[0.5, 2.0], grid=[0.5, 2.0, 4.0],
-                       n_calibration=24, n_validation=32, n_test=100, n_random=2, batch_size=25),
-    "act": dict(tasks=["sentiment", "category"], n_candidates=8, n_calibration=24, n_test=100, n_random=2,
-                batch_size=25),
+    "zerotuning": dict(tasks=["sentiment"], n_candidates=6, sweep=[0.5, 2.0], grid=[0.5, 2.0, 4.0],
+                       n_calibration=24, n_validation=24, n_test=100, n_random=1, batch_size=25),
+    "act": dict(tasks=["sentiment"], n_candidates=6, n_calibration=24, n_test=100, n_random=1, batch_size=25),
     "attention_redistribution": dict(n_calibration=16, n_test=32, n_random=2, batch_size=16),
     "context_attention": dict(n_calibration=16, n_test=32, n_random=2, batch_size=16),
 }

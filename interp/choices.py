@@ -140,7 +140,7 @@ def score_choices(model, items: Sequence[dict], *, interventions: Sequence = (),
     for batch, ids, mask, choice_ids in batches(model, items, batch_size, chat=chat):
         extra = list(per_batch(batch, ids, mask)) if per_batch is not None else []
         with model.intervene(*interventions, *extra):
-            logits = model.logits(ids, mask)[:, -1].double()
+            logits = model.forward(ids, mask, logits_to_keep=1).logits[:, -1].double()  # lm_head at the last pos only
         out.append(torch.log_softmax(logits, -1).gather(-1, choice_ids))
         del logits
     labels = torch.tensor([int(it["label"]) for it in items])

@@ -157,12 +157,18 @@ def _pair(a: Report, b: Report, key, sa, sb) -> tuple[dict, dict]:
 
 
 def role_changes(a: Report, b: Report) -> pd.DataFrame:
-    """Heads that gained / lost a role from A to B (same shape only): name, layer, head, role, change."""
+    """Heads that gained / lost a role from A to B (same shape only; roles of analyses both ran): name, layer,
+    head, role, change."""
     cols = ["name", "layer", "head", "role", "change"]
     if (a.shape.get("n_layers"), a.shape.get("n_heads")) != (b.shape.get("n_layers"), b.shape.get("n_heads")):
         return pd.DataFrame(columns=cols)
-    sa = set(a.roles[["name", "layer", "head", "role"]].itertuples(index=False, name=None))
-    sb = set(b.roles[["name", "layer", "head", "role"]].itertuples(index=False, name=None))
+    common = set(a.scores["analysis"]) & set(b.scores["analysis"])  # a role of an analysis B did not run is not lost
+
+    def heads(r):
+        rows = r.roles[r.roles["analysis"].isin(common)]
+        return set(rows[["name", "layer", "head", "role"]].itertuples(index=False, name=None))
+
+    sa, sb = heads(a), heads(b)
     rows = [(*r, "gained") for r in sb - sa] + [(*r, "lost") for r in sa - sb]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["role", "change", "layer", "head"]).reset_index(drop=True)

@@ -67,6 +67,14 @@ def test_same_shape_heads_and_role_changes(tmp_path):
     roles = pd.read_parquet(tmp_path / "out" / "roles_diff.parquet")
     ind = roles[roles["role"] == "induction"]
     assert sorted(zip(ind["name"], ind["change"])) == [("L0H3", "gained"), ("L2H1", "lost")]
+    extra = ScoreTable.from_matrix(np.full((3, 4), 0.9), model="m3", analysis="retrieval", score="retrieval_score",
+                                   n_samples=1)  # an analysis only A ran: its roles are not "lost" in B
+    scores = ScoreTable.concat([ScoreTable.read(A / "scores.parquet"), extra])
+    io.write_parquet(A / "scores.parquet", scores)
+    io.write_parquet(A / "roles.parquet", assign_roles(scores, SimpleNamespace(n_layers=3, n_heads=4, n_kv_heads=2)))
+    compare_reports(A, B, tmp_path / "out2")
+    again = pd.read_parquet(tmp_path / "out2" / "roles_diff.parquet")
+    assert "retrieval" not in set(again["role"]) and len(again) == len(roles)
     models = pd.read_parquet(tmp_path / "out" / "model_level.parquet")
     assert models[["a", "b"]].values.tolist() == [[0.5, 0.7]] and models["diff"].iloc[0] == pytest.approx(0.2)
     page = (tmp_path / "out" / "compare.html").read_text()

@@ -1,7 +1,7 @@
 /* interp compare: one figure per score from the JSON in #cmp-data (see interp/report/compare_html.py). */
 (function () {
   "use strict";
-  var F = JSON.parse(document.getElementById("cmp-data").textContent), C = {displaylogo: false};
+  var F = JSON.parse(document.getElementById("cmp-data").textContent), C = {displaylogo: false, displayModeBar: false};
   var box = document.getElementById("figs");
   F.figs.forEach(function (f, i) {
     var d = document.createElement("div");
