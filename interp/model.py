@@ -87,7 +87,8 @@ class Model:
         self.name = name
         self.weights_hash = weights_hash
         self.source = source
-        self.max_memory = None  # {device: size}: the budget interp.plan checks runs against (None: what is free)
+        self.max_memory = None  # {device: size} accelerate placed the layers under (load_model's max_memory)
+        self.memory_budget = None  # {device: size} interp.plan checks runs against (None: what is free now)
         self.shape = shape_of(hf.config)
         from .arch import locate
 
@@ -268,8 +269,8 @@ def load_model(spec: str = "default", *, dtype=torch.float32, device="cpu", devi
     Placement (``interp.devices``): ``device`` ``"cpu" | "cuda" | "cuda:N" | "auto"``; ``dtype`` a torch dtype or
     its name (``"bf16"``); ``device_map`` None (all on ``device``), ``"auto"`` (accelerate spreads the layers over
     ``max_memory``, e.g. ``{0: "70GiB", 1: "70GiB", "cpu": "100GiB"}``) or ``{module name: device | "cpu" |
-    "disk"}``; ``offload_folder`` holds weights a map sends to ``"disk"``. ``max_memory`` is also the budget
-    ``interp.plan`` checks runs against.
+    "disk"}``; ``offload_folder`` holds weights a map sends to ``"disk"``. Runs are checked by ``interp.plan``
+    against what is free on each device, or against ``model.memory_budget`` when set.
     """
     from . import devices
 

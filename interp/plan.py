@@ -23,7 +23,8 @@ allocators keep what was freed (glibc keeps the activation-sized chunks on its h
 grown; torch's CUDA caching allocator keeps them reserved), so the process's peak holds both (measured: with
 max() the default model at 8192 tokens was under-estimated by 11 %, with the sum within 3 %).
 
-What fits: ``max_memory`` given to ``load_model`` / ``plan`` (``{"cpu": "20GiB", 0: "70GiB"}``), else what is
+What fits: ``max_memory`` given to ``plan`` or ``model.memory_budget`` (``{"cpu": "20GiB", 0: "70GiB"}``; like
+accelerate's ``max_memory``, a budget for the model's tensors: the runtime line is added to it), else what is
 free now (CPU: ``MemAvailable`` + this process's own RSS, which already holds the runtime and loaded weights;
 GPU: ``torch.cuda.mem_get_info`` free + what torch already reserved). ``benchmarks/memory_plan.py`` checks the
 estimate against measured peak RSS of the default model at 512 / 2048 / 8192 tokens
@@ -104,10 +105,10 @@ class MemoryPlan:
         r = self.rows[d]
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in r.items() if v)
         if self.max_tokens == 0:  # not even one token: the runtime and the weights alone do not fit
-            fix = ["a larger memory budget (max_memory)"]
+            fix = [f"a larger memory budget (the weights alone need {_gib(r['weights'])})"]
         else:
             fix = [f"fewer tokens (≤ {self.max_tokens} fit)" if self.max_tokens else "fewer tokens",
-                   "a smaller batch", "a larger memory budget (max_memory)"]
+                   "a smaller batch", "a larger memory budget"]
         fix += ["device_map='auto' (--device-map auto) or more devices"] if len(self.rows) == 1 or d != "cpu" \
             else ["more devices"]
         return (f"{self.model} at {self.n_tokens} tokens × batch {self.batch} needs {_gib(self.peak(d))} on {d} "
@@ -193,11 +194,17 @@ def available(device: str) -> int:
     return free + torch.cuda.memory_reserved(dev)
 
 
+def runtime_bytes(device: str) -> int:
+    return RUNTIME_CPU if device == "cpu" else CUDA_CONTEXT
+
+
 def budgets(devices, max_memory=None) -> dict[str, int]:
+    """Bytes that fit per device: ``max_memory[d]`` (as accelerate reads it, the model's tensors on ``d``) plus
+    the process runtime, which accelerate does not count; else what is free now (``available``)."""
     from .devices import parse_max_memory
 
     mm = {_dev_name(k): v for k, v in (parse_max_memory(max_memory) or {}).items()}
-    return {d: mm[d] if d in mm else available(d) for d in devices if d != "disk"}
+    return {d: mm[d] + runtime_bytes(d) if d in mm else available(d) for d in devices if d != "disk"}
 
 
 # --- the estimate ----------------------------------------------------------------------------------------------
@@ -224,7 +231,7 @@ def estimate(model, n_tokens: int, batch: int = 1, *, stats=(), device_map=None,
     d_mlp = getattr(c, "intermediate_size", 4 * s.d_model)
     devs = [d for d in dict.fromkeys(["cpu", *[d for d in where.values() if d != "disk"], *layer_dev])
             if d != "disk"]
-    rows = {d: dict(runtime=RUNTIME_CPU if d == "cpu" else CUDA_CONTEXT, weights=weights.get(d, 0), kept=0,
+    rows = {d: dict(runtime=runtime_bytes(d), weights=weights.get(d, 0), kept=0,
                     activations=0, logits=0) for d in devs}
     bn = batch * n_tokens
     act = bn * (4 * s.d_model + (s.n_heads + 3 * s.n_kv_heads) * s.d_head + 3 * d_mlp) * e
@@ -248,7 +255,7 @@ def plan(model, n_tokens: int, batch: int = 1, *, analyses=None, stats=(), devic
          kv_cache: bool = False, memory_budget_mb: int = 256) -> MemoryPlan:
     """The ``MemoryPlan`` of ``model`` (an ``interp.Model``, loaded or built on ``meta`` by ``plan_for``) for
     ``batch`` × ``n_tokens``; ``analyses`` (registered names) adds the statistics they keep
-    (``ANALYSIS_STATS``); ``max_memory`` (default: the model's) sets what fits."""
+    (``ANALYSIS_STATS``); ``max_memory`` (default: ``model.memory_budget``) sets what fits."""
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
         raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -256,7 +263,7 @@ def plan(model, n_tokens: int, batch: int = 1, *, analyses=None, stats=(), devic
     stats = tuple(dict.fromkeys([*stats, *[x for a in analyses or () for x in ANALYSIS_STATS.get(a, ())]]))
     kw = dict(stats=stats, device_map=device_map, kv_cache=kv_cache, memory_budget_mb=memory_budget_mb)
     rows = estimate(model, n_tokens, batch, **kw)
-    mm = max_memory if max_memory is not None else getattr(model, "max_memory", None)
+    mm = max_memory if max_memory is not None else getattr(model, "memory_budget", None)
     p = MemoryPlan(model.name, n_tokens, batch, rows, budgets(rows, mm), stats)
     if not p.fits:
         p.max_tokens = _max_tokens(model, batch, p.budget, kw, n_tokens)

@@ -55,7 +55,7 @@ def test_plan_without_weights_equals_the_loaded_model():
 
 def test_max_tokens_is_the_boundary():
     m = tiny_model("llama", n_layers=2)
-    budget = {"cpu": 600 * MiB}
+    budget = {"cpu": 200 * MiB}
     p = plan(m, 10**6, 4, max_memory=budget)
     assert not p.fits and p.max_tokens > 0
     assert plan(m, p.max_tokens, 4, max_memory=budget).fits
@@ -65,9 +65,9 @@ def test_max_tokens_is_the_boundary():
 
 @pytest.fixture
 def starved():
-    """A tiny model whose memory budget (100 MiB) is below the runtime itself: every run is refused."""
+    """A tiny model whose memory budget (10 KiB beyond the runtime) is below its weights: every run is refused."""
     m = tiny_model("llama", n_layers=2)
-    m.max_memory = {"cpu": 100 * MiB}
+    m.memory_budget = {"cpu": "10KiB"}
     calls = []
     m.hf.register_forward_pre_hook(lambda *a: calls.append(1))
     return m, calls
@@ -86,8 +86,8 @@ ENTRIES = {
 @pytest.mark.parametrize("entry", list(ENTRIES))
 def test_over_budget_is_refused_before_any_forward(starved, entry):
     m, calls = starved
-    want = r"needs [0-9.]+ GiB on cpu \(runtime .*\) but 0.10 GiB fit; use a larger memory budget \(max_memory\), "
-    with pytest.raises(PlanError, match=want + "device_map='auto'") as e:
+    want = r"needs [0-9.]+ GiB on cpu \(runtime .*\) but [0-9.]+ GiB fit; use a larger memory budget "
+    with pytest.raises(PlanError, match=want + r"\(the weights alone need 0.1 MiB\), device_map='auto'") as e:
         ENTRIES[entry](m)
     assert "\n" not in str(e.value)
     assert calls == []  # refused up front: no forward ran
@@ -100,7 +100,7 @@ def test_plan_off_and_a_fitting_run(starved, monkeypatch):
     m.logits(ids())
     assert calls == [1]
     monkeypatch.delenv("INTERP_PLAN")
-    m.max_memory = None  # what is free now: a tiny run fits
+    m.memory_budget = None  # what is free now: a tiny run fits
     m.logits(ids())
     assert len(calls) == 2
 
@@ -123,7 +123,7 @@ def test_cli_plan():
                                  "cpu=1GiB"])
     assert r.exit_code == 2 and "OVER" in r.output
     err = [line for line in r.output.splitlines() if line.startswith("Error:")]
-    assert len(err) == 1 and "but 1.00 GiB fit; use fewer tokens" in err[0]
+    assert len(err) == 1 and "but 1.44 GiB fit; use fewer tokens" in err[0]
     r = CliRunner().invoke(app, ["plan", "-m", "tiny-llama", "-n", "64", "--max-memory", "cpu"])
     assert r.exit_code == 2 and "is not DEVICE=SIZE" in r.output
     r = CliRunner().invoke(app, ["report", "--plan", "-m", "tiny-llama", "-a", "sinks", "--n-tokens", "32"])
@@ -135,9 +135,9 @@ def test_report_refuses_before_any_analysis_runs(tmp_path):
     from interp.report.runner import ReportError, run_report
 
     m = tiny_model("llama", n_layers=2)
-    m.max_memory = {"cpu": 100 * MiB}
+    m.memory_budget = {"cpu": "10KiB"}
     calls = []
     m.hf.register_forward_pre_hook(lambda *a: calls.append(1))
-    with pytest.raises(ReportError, match=r"params\.sinks: .* needs [0-9.]+ GiB on cpu .* but 0.10 GiB fit"):
+    with pytest.raises(ReportError, match=r"params\.sinks: .* needs [0-9.]+ GiB on cpu .* GiB fit; use a larger"):
         run_report(m, ["sinks"], tmp_path / "r", n_tokens=32, progress=False)
     assert calls == []
