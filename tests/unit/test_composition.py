@@ -61,7 +61,7 @@ def test_kv_level_scores_match_explicit(model):
     pairs = C.composition_pairs(model, n_random=8)
     s, base = model.shape, pairs.attrs["baseline"]
     attn = model.arch.attn(2)
-    g = model.arch.layers[2].input_layernorm.weight.double()
+    g = model.arch.layers[2].input_layernorm.weight.detach().double()
     wk = attn.k_proj.weight.detach().double().view(s.n_kv_heads, s.d_head, s.d_model)
     ov_a = _dense(model, 0)[0][3]
     for kv in range(s.n_kv_heads):
