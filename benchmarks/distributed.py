@@ -13,14 +13,14 @@ on the replicas, merge) and the per-unit times recorded by the replicas. Ray ove
 tables of every mode are checked identical.
 
 Scaling model, fitted to the ``ray2`` per-unit times: unit time ``t(L) = a + b·L + c·L²`` in the context length
-``L`` (least squares over the measured units), per-unit scheduling overhead ``o`` = (``units_s(ray1)`` − Σ unit
-times) / n_units, start-up ``s`` = ``startup_s(ray2)``. For ``W`` workers on the paper's grid (20 lengths
-``linspace(1000, 50000)`` × 10 depths × 3 needles = 600 units) it simulates the dynamic schedule (each unit, in
-grid order, goes to the first free worker; each costs ``t(L) + o``) and reports the predicted wall time
-``s + makespan`` and efficiency ``T(1) / (W · T(W))``. Assumptions: identical workers as fast as one replica
-here with 1 thread, no contention between them (one core each), unit time depends only on ``L`` (the answer
-length is the same), the quadratic fit holds from the measured lengths up to 50K (an extrapolation, stated
-as such), the driver and object store are never the bottleneck (results are ~10 KB a unit).
+``L`` (least squares over the measured units; linear when the quadratic bends down), per-unit scheduling overhead
+``o`` = (``units_s(ray1)`` − Σ of ray1's own unit times) / n_units, start-up ``s`` = ``startup_s(ray2)``. For ``W``
+workers on the paper's grid (20 lengths ``linspace(1000, 50000)`` × 10 depths × 3 needles = 600 units) it simulates
+the dynamic schedule (each unit, in grid order, goes to the first free worker; each costs ``t(L) + o``) and reports
+the predicted wall time ``s + makespan`` and efficiency ``T(1) / (W · T(W))``. Assumptions: identical workers as
+fast as one replica here with 1 thread, no contention between them (one core each), unit time depends only on ``L``
+(the answer length is the same), the quadratic fit holds from the measured lengths up to 50K (an extrapolation,
+stated as such), the driver and object store are never the bottleneck (results are ~10 KB a unit).
 
     python benchmarks/distributed.py [--lengths 300 600 900] [--depths 0 100] [--needles 0 1] [--max-new-tokens 50]
 writes reports/bench/distributed.json (``--json PATH`` elsewhere).
@@ -79,9 +79,16 @@ def fit_unit_time(lengths, seconds):
     import numpy as np
 
     L = np.asarray(lengths, float)
-    cols = [np.ones_like(L), L] + ([L ** 2] if len(set(lengths)) >= 3 else [])
-    coef, *_ = np.linalg.lstsq(np.stack(cols, 1), np.asarray(seconds, float), rcond=None)
-    return tuple(float(x) for x in coef) + ((0.0,) if len(coef) == 2 else ())
+    y = np.asarray(seconds, float)
+    if len(set(lengths)) >= 3:
+        coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(L), L, L ** 2], 1), y, rcond=None)
+        if coef[2] >= 0 and coef[1] >= 0:
+            return tuple(float(x) for x in coef)
+    # too few lengths, or a fit that bends down (noise over a short range): linear, slope >= 0
+    coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(L), L], 1), y, rcond=None)
+    if coef[1] < 0:
+        return float(y.mean()), 0.0, 0.0
+    return float(coef[0]), float(coef[1]), 0.0
 
 
 def simulate(unit_times, workers: int, overhead: float) -> float:
@@ -94,12 +101,14 @@ def simulate(unit_times, workers: int, overhead: float) -> float:
     return max(free)
 
 
-def scaling(units, lengths_of, ray1_units_s, startup_s, workers=(1, 8, 64, 512)) -> dict:
+def scaling(units, lengths_of, ray1, startup_s, workers=(1, 8, 64, 512)) -> dict:
+    """The scaling model (module docstring): unit times of ``units`` (the 1-thread replicas), scheduling
+    overhead per unit from ``ray1`` (its unit phase minus its own replica's unit times)."""
     from interp.analyses.niah import paper_depths, paper_lengths
 
     secs = [u["seconds"] for u in units]
     a, b, c = fit_unit_time([lengths_of[u["key"]] for u in units], secs)
-    overhead = max(0.0, (ray1_units_s - sum(secs)) / len(secs))
+    overhead = max(0.0, (ray1["units_s"] - sum(u["seconds"] for u in ray1["units"])) / len(ray1["units"]))
     grid = [L for _ in range(3) for L in paper_lengths() for _ in paper_depths()]
     times = [max(1e-3, a + b * L + c * L * L) for L in grid]
     t1 = startup_s + simulate(times, 1, overhead)
@@ -112,6 +121,36 @@ def scaling(units, lengths_of, ray1_units_s, startup_s, workers=(1, 8, 64, 512))
             "predicted": rows}
 
 
+def _refit(path: Path) -> None:
+    from interp import io
+    from interp.analyses.niah import grid, sample_key
+
+    out = io.read_json(path)
+    g = out["grid"]
+    lengths_of = {sample_key(*c): c[0] for c in grid(g["lengths"], g["depths"], g["needles"])}
+    out["scaling_model"] = scaling(out["ray2"]["units"], lengths_of, out["ray1"], out["ray2"]["startup_s"])
+    _print(out)
+    io.write_json(path, out)
+
+
+def _print(out: dict) -> None:
+    local_s = out["local_s"]
+    print(f"{'mode':<8}{'startup s':>11}{'units s':>10}{'vs local':>10}")
+    print(f"{'local':<8}{'-':>11}{local_s:>10.1f}{1.0:>10.2f}")
+    for name in ("ray1", "ray2"):
+        r = out[name]
+        print(f"{name:<8}{r['startup_s']:>11.1f}{r['units_s']:>10.1f}{local_s / r['units_s']:>10.2f}")
+    print(f"ray overhead at 1 worker {out['ray1_overhead']:+.1%}; speedup at 2 workers {out['ray2_speedup']:.2f}x; "
+          f"identical tables: {out['identical_tables']}")
+    sm = out["scaling_model"]
+    print(f"scaling model on {sm['n_units']} units (fit a={sm['fit_seconds']['a']:.3f}s, "
+          f"b={sm['fit_seconds']['b_per_token']:.2e}s/token, c={sm['fit_seconds']['c_per_token2']:.2e}s/token^2, "
+          f"overhead {sm['overhead_per_unit_s']:.3f}s/unit):")
+    for row in sm["predicted"]:
+        print(f"  {row['workers']:>4} workers: {row['wall_s']:>9.1f} s, efficiency {row['efficiency']:.2f}")
+    print(out["uptime_before"], "|", out["uptime_after"])
+
+
 def main(argv=None):
     p_ = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p_.add_argument("--lengths", type=int, nargs="+", default=[300, 600, 900])
@@ -119,7 +158,11 @@ def main(argv=None):
     p_.add_argument("--needles", type=int, nargs="+", default=[0, 1])
     p_.add_argument("--max-new-tokens", type=int, default=50)
     p_.add_argument("--json", default="reports/bench/distributed.json")
+    p_.add_argument("--refit", action="store_true", help="recompute the scaling model of --json from its "
+                    "measured units (no new measurement)")
     args = p_.parse_args(argv)
+    if args.refit:
+        return _refit(Path(args.json))
     from interp import io
     from interp.analyses import registry
     from interp.analyses.niah import grid, sample_key
@@ -144,22 +187,9 @@ def main(argv=None):
         "ray1_overhead": round(ray1["units_s"] / local_s - 1, 4),
         "ray2_speedup": round(local_s / ray2["units_s"], 3),
         "identical_tables": _same(local_tables, ray1["tables"]) and _same(local_tables, ray2["tables"]),
-        "scaling_model": scaling(ray2["units"], lengths_of, ray1["units_s"], ray2["startup_s"]),
+        "scaling_model": scaling(ray2["units"], lengths_of, ray1, ray2["startup_s"]),
     }
-    print(f"{'mode':<8}{'startup s':>11}{'units s':>10}{'vs local':>10}")
-    print(f"{'local':<8}{'-':>11}{local_s:>10.1f}{1.0:>10.2f}")
-    for name in ("ray1", "ray2"):
-        r = out[name]
-        print(f"{name:<8}{r['startup_s']:>11.1f}{r['units_s']:>10.1f}{local_s / r['units_s']:>10.2f}")
-    print(f"ray overhead at 1 worker {out['ray1_overhead']:+.1%}; speedup at 2 workers {out['ray2_speedup']:.2f}x; "
-          f"identical tables: {out['identical_tables']}")
-    sm = out["scaling_model"]
-    print(f"scaling model on {sm['n_units']} units (fit a={sm['fit_seconds']['a']:.3f}s, "
-          f"b={sm['fit_seconds']['b_per_token']:.2e}s/token, c={sm['fit_seconds']['c_per_token2']:.2e}s/token^2, "
-          f"overhead {sm['overhead_per_unit_s']:.3f}s/unit):")
-    for row in sm["predicted"]:
-        print(f"  {row['workers']:>4} workers: {row['wall_s']:>9.1f} s, efficiency {row['efficiency']:.2f}")
-    print(load)
+    _print(out)
     io.write_json(Path(args.json), out)
     print(f"wrote {args.json}")
 

@@ -99,7 +99,7 @@ def payload(scores: pd.DataFrame, roles: pd.DataFrame, *, model_name: str, shape
 
 def _json(data: dict) -> str:
     # compact, and safe inside <script>: no "</" can close the tag early
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return json.dumps(data, separators=(",", ":"), allow_nan=False, default=str).replace("</", "<\\/")
 
 
 def render_atlas(scores: pd.DataFrame, roles: pd.DataFrame | None = None, *, model_name: str, shape,

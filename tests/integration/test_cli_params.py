@@ -184,14 +184,18 @@ SUBPROCESS_CASES = [  # (TOML, extra args, needles); each run takes ~5-20 s (pyt
 ]
 
 
+AFTER_LOAD = ("needs a vision-language model", "context of 256")  # checks that need the loaded model
+
+
 @pytest.mark.parametrize("toml, args, needles", SUBPROCESS_CASES)
 @pytest.mark.parametrize("existing", [False, True], ids=["new-out", "user-folder"])
 def test_real_entry_point_subprocess(tmp_path, toml, args, needles, existing):
     """The installed ``interp`` script, as a user runs it: exit 2, one line, no traceback, folder untouched
     (a user's folder keeps its files even with --force; a new --out is not created). Every case runs on a
     user's folder too: config checks come before the folder check, so they name the same value; the model's
-    own checks (vhd) come after it, and a folder that is not a report is refused first, whatever the flags."""
-    if existing and "vhd" in args:
+    own checks (vhd, a length over the context) come after it, and a folder that is not a report is refused
+    first, whatever the flags."""
+    if existing and any(n in AFTER_LOAD for n in needles):
         needles = ["is not an interp report folder", "--force replaces interp's own files only"]
     assert INTERP, "the interp console script is not installed in this environment"
     out = tmp_path / "out"

@@ -61,7 +61,7 @@ def test_kv_level_scores_match_explicit(model):
     pairs = C.composition_pairs(model, n_random=8)
     s, base = model.shape, pairs.attrs["baseline"]
     attn = model.arch.attn(2)
-    g = model.arch.layers[2].input_layernorm.weight.double()
+    g = model.arch.layers[2].input_layernorm.weight.detach().double()
     wk = attn.k_proj.weight.detach().double().view(s.n_kv_heads, s.d_head, s.d_model)
     ov_a = _dense(model, 0)[0][3]
     for kv in range(s.n_kv_heads):
@@ -159,3 +159,27 @@ def test_run_table_levels(model):
     pairs = out["pairs"]
     want = pairs[pairs.dst_layer == 2].groupby("dst_head")["k_adj"].max().to_numpy()
     assert np.allclose(kin[2], want)
+
+
+@pytest.mark.slow
+def test_default_model_matches_transformer_lens_bridge(default_model):
+    """TransformerLens's own weights (the bridge's W_Q/W_K/W_V/W_O; K/V ungrouped by hand, as TL's
+    composition_scores requires) and TL's composition_scores, on layers 15-18 of the default model."""
+    from transformer_lens.FactoredMatrix import FactoredMatrix
+    from transformer_lens.utilities import composition_scores
+
+    from interp.weights import layer_weights
+
+    m, layers = default_model, [15, 16, 17, 18]
+    b = m.tl
+    wq, wk, wv, wo = (getattr(b, n)[layers].detach().double() for n in ("W_Q", "W_K", "W_V", "W_O"))
+    g = m.shape.group_size
+    wk, wv = wk.repeat_interleave(g, 1), wv.repeat_interleave(g, 1)
+    left, qk = FactoredMatrix(wv, wo), FactoredMatrix(wq, wk.transpose(-2, -1))
+    tl = {"q": composition_scores(left, qk), "k": composition_scores(left, qk.T), "v": composition_scores(left, left)}
+    f = {la: C._Factors.of(lw) for la, lw in zip(layers, (layer_weights(m, la, fold_norm=False) for la in layers))}
+    for i, la in enumerate(layers):
+        for j, lb in enumerate(layers[i + 1:], start=i + 1):
+            sc = C.pair_scores(f[la], f[lb])
+            for kind in C.KINDS:
+                assert torch.allclose(sc[kind], tl[kind][i, :, j, :], rtol=1e-9, atol=1e-12)
