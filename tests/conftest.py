@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+
+def _import_hub_kernels() -> None:
+    """``python -m pytest`` puts the repository root on ``sys.path``, where ``kernels/`` (installed as
+    ``interp.kernels``) would shadow the hub package ``kernels`` that transformers ≥ 5 imports whenever it is
+    installed (``from kernels import CUDAProperties`` → ImportError at the first model load). Import the real
+    one first, with the root off the path; nothing happens where it is not installed."""
+    root = Path(__file__).resolve().parents[1]
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    try:
+        import kernels  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
+
+
+_import_hub_kernels()
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Without CUDA, Triton kernels run in the interpreter. ``triton.jit`` reads TRITON_INTERPRET when a kernel is
