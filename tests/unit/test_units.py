@@ -28,6 +28,7 @@ SMALL = {
     "duo_attention": {"steps": 2, "n_tokens": 96, "sink": 4, "recent": 16},
     "vhd": {},
     "span_scaling": {"lengths": [64, 128, 256], "tail": 16, "recent_w": 8},
+    "attention_saliency": {"n_tokens": 64, "tile": 24, "far_w": 8},
 }
 FAMILY = {"vhd": "llava"}
 
