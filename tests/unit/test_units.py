@@ -28,6 +28,7 @@ SMALL = {
     "duo_attention": {"steps": 2, "n_tokens": 96, "sink": 4, "recent": 16},
     "vhd": {},
     "span_scaling": {"lengths": [64, 128, 256], "tail": 16, "recent_w": 8},
+    "attention_saliency": {"n_tokens": 64, "tile": 24, "far_w": 8},
     "zerotuning": {"tasks": ["category"], "n_candidates": 3, "sweep": [0.5, 3.0], "grid": [0.5, 3.0],
                    "n_calibration": 6, "n_validation": 6, "n_test": 8, "n_random": 1, "batch_size": 6},
     "act": {"tasks": ["sentiment"], "n_candidates": 3, "n_calibration": 6, "n_test": 8, "n_random": 1,
