@@ -28,9 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "experiments"
 SIZES = {
-    "zerotuning": dict(tasks=["sentiment"], n_candidates=6, sweep=[0.5, 2.0], grid=[0.5, 2.0, 4.0],
+    "zerotuning": dict(tasks=["sentiment", "category"], n_candidates=6, sweep=[0.5, 2.0], grid=[0.5, 2.0, 4.0],
                        n_calibration=24, n_validation=24, n_test=100, n_random=3, batch_size=25),
-    "act": dict(tasks=["sentiment"], n_candidates=6, n_calibration=24, n_test=100, n_random=3, batch_size=25),
+    "act": dict(tasks=["sentiment", "category"], n_candidates=6, n_calibration=24, n_test=100, n_random=3,
+                batch_size=25),
+    "context_attention": dict(n_heads=8, grid=[1.5, 2.0, 4.0], n_calibration=32, n_test=32, n_random=3,
+                              batch_size=16),
 }
 
 
@@ -70,14 +73,15 @@ def sweep_figure(sweep, calib, path, model_name):
     from plotly.subplots import make_subplots
 
     s = pd.DataFrame(sweep).sort_values("gamma")
-    s["head"] = "L" + s["layer"].astype(str) + "H" + s["head"].astype(str)
+    s["head"] = s["task"] + " L" + s["layer"].astype(str) + "H" + s["head"].astype(str)
     c = pd.DataFrame(calib).sort_values("gamma")
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         "per-head sweep: Δ mean label log-prob (calibration split)", "joint γ on kept heads (validation split)"))
     for tr in px.line(s, x="gamma", y="delta", color="head", markers=True).data:
         fig.add_trace(tr, row=1, col=1)
-    for col in ("val_accuracy", "val_entropy"):
-        fig.add_scatter(x=c["gamma"], y=c[col], mode="lines+markers", name=col, row=1, col=2)
+    for (task, col), part in ((k, c[c["task"] == k[0]]) for k in
+                              [(t, col) for t in c["task"].unique() for col in ("val_accuracy", "val_entropy")]):
+        fig.add_scatter(x=part["gamma"], y=part[col], mode="lines+markers", name=f"{task} {col}", row=1, col=2)
     fig.update_xaxes(type="log", title="γ")
     fig.update_layout(title=f"ZeroTuning γ sweep on {model_name}", height=420, width=1100)
     from interp import io
@@ -116,11 +120,16 @@ def main(argv=None):
     ap.add_argument("--analyses", nargs="+", default=["zerotuning", "act"], choices=sorted(SIZES))
     ap.add_argument("--budget-s", type=float, default=540, help="start no new forward batch after this")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tasks", nargs="+", default=None, help="replace the tasks of SIZES (e.g. sentiment)")
     a = ap.parse_args(argv)
+    if a.tasks:
+        for size in SIZES.values():
+            if "tasks" in size:
+                size["tasks"] = list(a.tasks)
     t0, up0 = time.time(), uptime()
     torch.set_num_threads(a.threads)
     model = interp.load_model(a.model)
-    ckpt = io.JsonlCheckpoint(OUT / f"calibration_{model.name}.ckpt.jsonl", {"model": model.name, "sizes": SIZES},
+    ckpt = io.JsonlCheckpoint(OUT / f"calibration_{model.name}.ckpt.jsonl", {"model": model.name},
                               hint="delete it to start over")
     interp.choices.score_choices = memoised(interp.choices.score_choices, ckpt, t0 + a.budget_s)
     try:
