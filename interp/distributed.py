@@ -45,6 +45,24 @@ def _versions() -> dict:
     return {"interp": interp.__version__, "torch": torch.__version__}
 
 
+def _import_hub_kernels() -> None:
+    """A replica started from a source checkout has the checkout on ``sys.path``, where ``kernels/`` (installed
+    as ``interp.kernels``) shadows the hub package ``kernels`` that transformers imports at model load; import
+    the real one first with the checkout off the path (nothing happens where it is not installed)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    try:
+        import kernels  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
+
+
 class _Replica:
     """One model replica (a Ray actor): loads the model once, then runs units one at a time."""
 
@@ -62,6 +80,7 @@ class _Replica:
             return
         if device == "cpu":
             torch.set_num_threads(max(1, n_threads))
+        _import_hub_kernels()
         try:
             from interp import load_model
 
