@@ -57,23 +57,19 @@ def random_head_sets(model, k: int, n_draws: int, *, seed: int = 0, exclude: Seq
 def last_query_mass(model, items: Sequence[dict], key_masks: Callable, *, interventions: Sequence = (),
                     per_batch: Callable | None = None, batch_size: int = 16, chat: bool = False) -> torch.Tensor:
     """``[layer, head]`` (float64): mean over ``items`` of the attention the last prompt position puts on the
-    keys of ``key_masks(batch_items, ids, mask)`` (bool ``[batch, key_pos]``)."""
+    keys of ``key_masks(batch_items, ids, mask)`` (bool ``[batch, key_pos]``), under ``interventions`` and
+    ``per_batch(batch_items, ids, mask)``. Reads only the last query row of each layer
+    (``interp.query_attention``), never the ``[query_pos, key_pos]`` pattern."""
     from interp.choices import batches
-    from interp.hooks import run_with_cache
-    from interp.sites import Site
+    from interp.query_attention import last_query_attention
 
     s = model.shape
     total = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
-    sites = [Site(layer, "pattern") for layer in range(s.n_layers)]
     for batch, ids, mask, _ in batches(model, items, batch_size, chat=chat):
         keys = key_masks(batch, ids, mask).double()  # [batch, key_pos]
         extra = list(per_batch(batch, ids, mask)) if per_batch is not None else []
-        with model.intervene(*interventions, *extra):
-            _, cache = run_with_cache(model, ids, sites, mask)
-        for layer, site in enumerate(sites):
-            last = cache[site][:, :, -1].double()  # [batch, head, key_pos]
-            total[layer] += (last * keys[:, None, :]).sum(-1).sum(0)
-        del cache
+        last = last_query_attention(model, ids, mask, interventions=[*interventions, *extra])  # [l, b, h, k]
+        total += (last * keys[None, :, None, :]).sum((1, 3))
     return total / len(items)
 
 

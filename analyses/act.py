@@ -59,23 +59,23 @@ def edits(heads, p: ActParams) -> list:
 
 
 def hidden_sink_mass(model, items, p: ActParams) -> torch.Tensor:
-    """``[layer, head]``: mean attention of the last prompt position on the hidden sinks of each head."""
-    from interp.attention_edits import hidden_sink_keys
+    """``[layer, head]``: mean attention of the last prompt position on the hidden sinks of each head. The sinks
+    come from the statistics engine's column sums (``col_sum``, O(n)) through ACT's rule
+    (``hidden_sinks_from_columns``), the last row from ``interp.query_attention``: no ``[query_pos, key_pos]``
+    pattern is built."""
+    from interp.attention import attention_stats
+    from interp.attention_edits import hidden_sinks_from_columns
     from interp.choices import batches
-    from interp.hooks import run_with_cache
-    from interp.sites import Site
+    from interp.query_attention import last_query_attention
 
     s = model.shape
     total = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
-    sites = [Site(layer, "pattern") for layer in range(s.n_layers)]
     for _, ids, mask, _ in batches(model, items, p.batch_size, chat=p.chat):
-        _, cache = run_with_cache(model, ids, sites, mask)
-        for layer, site in enumerate(sites):
-            pat = cache[site].double()  # [batch, head, query_pos, key_pos]
-            for h in range(s.n_heads):
-                sinks = hidden_sink_keys(pat[:, h], threshold=p.threshold).double()  # [batch, key_pos]
-                total[layer, h] += (pat[:, h, -1] * sinks).sum()
-        del cache
+        col = attention_stats(model, ids, ["col_sum"], attention_mask=mask)["col_sum"]  # [layer, batch, head, key]
+        real = mask.bool()[None, :, None, :].expand(col.shape)
+        sinks = hidden_sinks_from_columns(col, real, threshold=p.threshold).double()
+        last = last_query_attention(model, ids, mask)  # [layer, batch, head, key_pos]
+        total += (last * sinks).sum((1, 3))
     return total / len(items)
 
 
@@ -106,7 +106,7 @@ def run_task(model, task: str, p: ActParams):
 
     def objective(hs):
         sc = score_choices(model, cal, interventions=edits(hs, p), **kw)
-        return float(torch.log(sc.label_prob.clamp_min(1e-300)).mean())
+        return sc.mean_label_logprob
 
     kept, gains = greedy(heads, objective)
     conds = {"clean": [], "act_selected": edits(kept, p), "act_all_candidates": edits(heads, p)}

@@ -92,10 +92,21 @@ def hidden_sink_keys(pattern: torch.Tensor, *, threshold: float = 0.1, min_rows:
                          f"{pattern.shape[-2]} queries over {pattern.shape[-1]} keys (a KV-cache step); run the "
                          "full prompt without the cache")
     a = pattern.double()
-    rows = (a.sum(-1) > 0).double()  # [batch, query_pos] real (non-padding) queries
-    n_seen = rows.flip(-1).cumsum(-1).flip(-1)  # [batch, pos]: real queries i >= j
-    alpha = a.sum(1) / n_seen.clamp_min(1)
-    return (alpha > threshold) & (n_seen >= min_rows) & ~first_key_mask(pattern)
+    rows = a.sum(-1) > 0  # [batch, query_pos] real (non-padding) queries
+    return hidden_sinks_from_columns(a.sum(1), rows, threshold=threshold, min_rows=min_rows)
+
+
+def hidden_sinks_from_columns(col_sum: torch.Tensor, real: torch.Tensor, *, threshold: float = 0.1,
+                              min_rows: int = 1) -> torch.Tensor:
+    """ACT's rule from column sums, O(key_pos): bool ``[..., key_pos]`` of the keys j with
+    α_j = col_sum_j / n_j > threshold, n_j = number of real queries i ≥ j (``real [..., pos]`` bool, the prefill
+    queries), n_j ≥ ``min_rows``, and j not the first key with attention (col_sum > 0). ``col_sum [..., key_pos]``
+    = Σ_i A_ij, e.g. the statistics engine's ``col_sum``."""
+    n_seen = real.double().flip(-1).cumsum(-1).flip(-1)  # [..., pos]: real queries i >= j
+    alpha = col_sum.double() / n_seen.clamp_min(1)
+    seen = col_sum > 0
+    first = torch.nn.functional.one_hot(seen.long().argmax(-1), col_sum.shape[-1]).bool() & seen
+    return (alpha > threshold) & (n_seen >= min_rows) & ~first
 
 
 def _resolve_keys(keys, pattern: torch.Tensor, what: str, *, threshold=0.1, min_rows=1) -> torch.Tensor:

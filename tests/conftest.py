@@ -7,6 +7,18 @@ import os
 import pytest
 import torch
 
+
+def _import_hub_kernels() -> None:
+    """``python -m pytest`` puts the repository root on ``sys.path``, where ``kernels/`` would shadow the hub
+    package ``kernels`` that transformers imports at model load; ``interp.compat`` imports the real one first
+    (model loads do the same)."""
+    from interp.compat import import_hub_kernels
+
+    import_hub_kernels()
+
+
+_import_hub_kernels()
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Without CUDA, Triton kernels run in the interpreter. ``triton.jit`` reads TRITON_INTERPRET when a kernel is
 # decorated, so it is set here, in the root conftest, before any test module (tests/gpu/ imports the kernels at
