@@ -106,7 +106,7 @@ def run_task(model, task: str, p: ActParams):
 
     def objective(hs):
         sc = score_choices(model, cal, interventions=edits(hs, p), **kw)
-        return float(torch.log(sc.label_prob.clamp_min(1e-300)).mean())
+        return sc.mean_label_logprob
 
     kept, gains = greedy(heads, objective)
     conds = {"clean": [], "act_selected": edits(kept, p), "act_all_candidates": edits(heads, p)}

@@ -69,13 +69,9 @@ def steer_edits(model, heads, gamma: float, chat: bool = True):
     return per_batch if heads and gamma != 1 else None
 
 
-def _label_logprob(scores) -> float:
-    return float(torch.log(scores.label_prob.clamp_min(1e-300)).mean())
-
-
 def run(model, params=None, out_dir=None) -> dict:
     """The ``context_attention`` report entry: ``{"scores"}``."""
-    from interp.choices import score_choices, span_masks
+    from interp.choices import mean_label_logprob, score_choices, span_masks
     from interp.scores import ScoreTable
 
     from ._calibration_data import load_items
@@ -93,7 +89,7 @@ def run(model, params=None, out_dir=None) -> dict:
     order = d.flatten().argsort(descending=True)[:p.n_heads]
     heads = [(int(i) // model.shape.n_heads, int(i) % model.shape.n_heads) for i in order]
     kw = dict(batch_size=p.batch_size, chat=True)
-    fit = {g: _label_logprob(score_choices(model, cal, per_batch=steer_edits(model, heads, g), **kw))
+    fit = {g: mean_label_logprob(score_choices(model, cal, per_batch=steer_edits(model, heads, g), **kw))
            for g in sorted({*p.grid, 1.0})}
     gamma = max(fit, key=lambda g: (fit[g], -abs(g - 1)))
     conds = {"clean": None, "steered": steer_edits(model, heads, gamma)}

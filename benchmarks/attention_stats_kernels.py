@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import pathlib
 import statistics
 import sys
@@ -136,7 +135,9 @@ def main(argv=None):
         print(f"{impl:>10} {n:>6} {t_sdpa:>9.3f} {t_stats:>9.3f} {t_stats / t_sdpa:>6.2f} {t_stats * a.layers:>22.1f}")
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(stats=list(TYPICAL), results=rows), indent=2))
+    from interp.io import write_json
+
+    write_json(out, dict(stats=list(TYPICAL), results=rows), sort_keys=False)
     print(f"wrote {out}")
 
 

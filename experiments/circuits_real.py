@@ -103,7 +103,7 @@ def scores_of(c, name, fn):
             c.res["timings_s"][name] = float(f.with_suffix(".s").read_text())
         return torch.load(f)
     sc = timed(c, name, fn)
-    torch.save(sc, f)
+    io.save_torch(f, sc)
     io.write_text(f.with_suffix(".s"), str(c.res["timings_s"][name]))
     return sc
 

@@ -270,7 +270,7 @@ def refusal_stage(st: Study, conditions):
             first = fresh.pop("first_logprobs")
             if name == "clean":
                 clean_first = first
-                torch.save({"settings": key, "first": first}, cache)
+                io.save_torch(cache, {"settings": key, "first": first})
             if rec is None:
                 first_token_stats(fresh, clean_first, first)
                 rec = fresh

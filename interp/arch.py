@@ -99,3 +99,16 @@ def locate(hf: nn.Module) -> Arch:
     raise UnsupportedArchitectureError(
         f"{type(hf).__name__} is not a supported layout: interp needs a decoder-only HF model with "
         "`layers[i].self_attn.{q,k,v,o}_proj` (Llama, Mistral, Qwen2/3, Gemma 2/3, LLaVA's language model…)")
+
+
+# --- the KV-cache argument across transformers versions (written once) ------------------------------------------
+def cache_kwarg(hf) -> str:
+    """The forward keyword holding the KV cache: ``cache`` in newer transformers, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned (``out.cache`` in newer transformers, ``out.past_key_values`` before)."""
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values

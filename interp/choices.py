@@ -53,6 +53,17 @@ class ChoiceScores:
         """``[item]``: probability of the label among the choices."""
         return torch.softmax(self.logprobs, -1).gather(-1, self.labels[:, None])[:, 0]
 
+    @property
+    def mean_label_logprob(self) -> float:
+        """Mean over items of log p(label) among the choices: the calibration objective of ZeroTuning, ACT and
+        context steering (floored at 1e-300 so one impossible label does not make it -inf)."""
+        return float(torch.log(self.label_prob.clamp_min(1e-300)).mean())
+
+
+def mean_label_logprob(scores: ChoiceScores) -> float:
+    """``scores.mean_label_logprob`` as a function (for ``max``/``map`` over conditions)."""
+    return scores.mean_label_logprob
+
 
 def _common_prefix(rows: list[list[int]]) -> int:
     n = 0

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .arch import cache_kwarg, output_cache
+
 STOP_RULES = ("eos", "newline", "paper", "none")
 PAPER_NEWLINE_TOKEN, PAPER_NEWLINE_ID = "<0x0A>", 144
 
@@ -227,7 +229,7 @@ class _Runner:
         self.hf, self.dev = model.hf, model.device
         self.use_cache, self.extra, self.padded = use_cache, dict(extra or {}), padded
         params = inspect.signature(self.hf.forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.cache_kw = cache_kwarg(self.hf)
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.cache = None
 
@@ -243,7 +245,7 @@ class _Runner:
         out = self.hf(input_ids=ids.to(self.dev), use_cache=self.use_cache, **self._kw(mask, position_ids(mask)),
                       **self.keep, **self.extra)
         if self.use_cache:
-            self.cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            self.cache = output_cache(out)
         return out.logits[:, -1]
 
     def step(self, tokens, mask) -> torch.Tensor:
@@ -252,7 +254,7 @@ class _Runner:
 
         out = self.hf(input_ids=tokens[:, None].to(self.dev), use_cache=True,
                       **{self.cache_kw: self.cache}, **self._kw(mask, position_ids(mask)[:, -1:]))
-        self.cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        self.cache = output_cache(out)
         return out.logits[:, -1]
 
 

@@ -120,6 +120,15 @@ def write_csv(path, df, *, index: bool = False) -> Path:
     return Path(path)
 
 
+def save_torch(path, obj) -> Path:
+    """``torch.save(obj)`` atomically (a cache that a killed run must not leave half-written)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
 def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> Path:
     """``{name: tensor}`` as a safetensors file (tensors made contiguous), atomically."""
     from safetensors.torch import save_file

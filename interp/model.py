@@ -272,6 +272,9 @@ def load_model(spec: str = "default", *, dtype=torch.float32, device="cpu", devi
     "disk"}``; ``offload_folder`` holds weights a map sends to ``"disk"``. Runs are checked by ``interp.plan``
     against what is free on each device, or against ``model.memory_budget`` when set.
     """
+    from .compat import import_hub_kernels
+
+    import_hub_kernels()  # before transformers loads anything (see interp.compat)
     from . import devices
 
     if not isinstance(spec, str) or not spec.strip():

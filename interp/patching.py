@@ -169,14 +169,15 @@ def _corrupt_run(model, ids: torch.Tensor, p0: int):
     is 0 or covers every position)."""
     from transformers import DynamicCache
 
+    from .arch import cache_kwarg, output_cache
     from .hooks import interp_attention_active
 
-    name = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+    name = cache_kwarg(model.hf)
     with torch.no_grad(), interp_attention_active(model):
         out = model.hf(input_ids=ids.to(model.device), use_cache=True, **{name: DynamicCache()})
     if not 0 < p0 < ids.shape[1]:
         return out.logits, None
-    kv = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    kv = output_cache(out)
     return out.logits, [(layer.keys[:, :, :p0], layer.values[:, :, :p0]) for layer in kv.layers]
 
 

@@ -90,6 +90,10 @@ def build_tiny(family: str = "llama", *, seed: int = 0, dtype=torch.float32, **c
     """``(hf_model, tokenizer)`` of a randomly initialised tiny model (eval mode)."""
     from transformers import AutoModelForCausalLM
 
+    from .compat import import_hub_kernels
+
+    import_hub_kernels()  # before the model is built (see interp.compat)
+
     config = tiny_config(family, **config_kwargs)
     torch.manual_seed(seed)
     if family == "llava":

@@ -118,11 +118,11 @@ def _as_list(variant, i: int) -> list:
 def _replicated_cache(model, past, c: int) -> dict:
     """The forward argument holding a fresh ``DynamicCache`` of ``past`` (per-layer ``(key, value)``) repeated
     for ``c`` variants (``cache`` in newer transformers, ``past_key_values`` before)."""
-    import inspect
-
     from transformers import DynamicCache
 
-    name = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+    from .arch import cache_kwarg
+
+    name = cache_kwarg(model.hf)
     return {name: DynamicCache([(k.repeat(c, 1, 1, 1), v.repeat(c, 1, 1, 1)) for k, v in past])}
 
 

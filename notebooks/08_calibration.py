@@ -112,8 +112,8 @@ fig
 
 # %% [markdown]
 # ## Figures of the runs on the default model
-# Written by `python benchmarks/calibration_accuracy.py default zerotuning act attention_redistribution
-# context_attention` (CPU, small sizes; see the README for the machine's numbers).
+# Written by `python experiments/calibration_table.py --model default` (CPU, small sizes, test half of the
+# shipped sets; see the README for the table and the machine's load).
 
 # %%
 runs = Path(interp.__file__).resolve().parents[1] / "reports" / "experiments"

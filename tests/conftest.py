@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 
 def _import_hub_kernels() -> None:
-    """``python -m pytest`` puts the repository root on ``sys.path``, where ``kernels/`` (installed as
-    ``interp.kernels``) would shadow the hub package ``kernels`` that transformers ≥ 5 imports whenever it is
-    installed (``from kernels import CUDAProperties`` → ImportError at the first model load). Import the real
-    one first, with the root off the path; nothing happens where it is not installed."""
-    root = Path(__file__).resolve().parents[1]
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
-    try:
-        import kernels  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        sys.path[:] = saved
+    """``python -m pytest`` puts the repository root on ``sys.path``, where ``kernels/`` would shadow the hub
+    package ``kernels`` that transformers imports at model load; ``interp.compat`` imports the real one first
+    (model loads do the same)."""
+    from interp.compat import import_hub_kernels
+
+    import_hub_kernels()
 
 
 _import_hub_kernels()

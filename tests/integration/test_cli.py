@@ -249,3 +249,16 @@ def test_registry_import_is_cheap():
             "heavy = [m for m in ('torch', 'transformers', 'pandas') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_quiet_prints_one_line_and_nothing_on_stderr(tmp_path):
+    """``-q``: no progress bars (GGUF, analyses), no warnings; stdout is the one summary line."""
+    proc = subprocess.run([sys.executable, "-m", "interp.cli", "report", "--model", "tiny-llama", "--out",
+                           str(tmp_path / "q"), "--n-tokens", "12", "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wrote "), proc.stdout
+    loud = subprocess.run([sys.executable, "-m", "interp.cli", "report", "--model", "tiny-llama", "--out",
+                           str(tmp_path / "l"), "--n-tokens", "12"], capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0 and loud.stderr != ""  # without -q the bars show: the check above can fail

@@ -280,3 +280,24 @@ def test_other_hosts_reused_pids_and_unreadable_locks(tmp_path):
     lock.write_text("")
     with pytest.raises(io.FolderLocked, match="unreadable"):
         io.FolderLock(tmp_path).acquire()
+
+
+def test_hub_kernels_package_is_not_shadowed_by_the_repo_folder(tmp_path):
+    """From the repository root (on sys.path), a model load still finds transformers' hub package ``kernels``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[2]
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util as u, sys; sys.path.remove('') if '' in "
+                            "sys.path else None; print(u.find_spec('kernels') is not None)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    if probe.stdout.strip() != "True":
+        pytest.skip("the hub package 'kernels' is not installed here: nothing can shadow it")
+    code = ("import sys, interp; m = interp.load_model('tiny-llama'); import kernels; "
+            "print(kernels.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert Path(out.stdout.strip()).resolve().parent != (root / "kernels").resolve()

@@ -98,16 +98,15 @@ def test_decode_rejects_bad_input(tiny_llama):
         retrieval.decode_with_argmax(tiny_llama, [5, 6], max_new_tokens=0)
 
 
-def test_uniform_attention_handlers_make_the_pattern_uniform():
+def test_uniform_attention_makes_the_pattern_uniform():
     from interp.sites import Site
 
     model = _peaked("llama")
     ids = torch.randint(2, 60, (1, 12), generator=torch.Generator().manual_seed(1))
     seen = {}
     keep = lambda x, site: seen.__setitem__(site.head, x.detach().clone())
-    handlers = {**retrieval.uniform_attention_handlers([(1, 2)]), Site(1, "pattern", 2): keep,
-                Site(1, "pattern", 0): keep}
-    with torch.no_grad(), model.hooks(handlers):
+    handlers = {Site(1, "pattern", 2): keep, Site(1, "pattern", 0): keep}
+    with torch.no_grad(), model.intervene(*retrieval.uniform_attention([(1, 2)])), model.hooks(handlers):
         model.forward(ids)
     n = torch.arange(1, 13, dtype=torch.float32)
     expected = torch.tril(torch.ones(12, 12)) / n[:, None]

@@ -28,8 +28,26 @@ SMALL = {
     "duo_attention": {"steps": 2, "n_tokens": 96, "sink": 4, "recent": 16},
     "vhd": {},
     "span_scaling": {"lengths": [64, 128, 256], "tail": 16, "recent_w": 8},
+    "attention_saliency": {"n_tokens": 64, "tile": 24, "far_w": 8},
+    "zerotuning": {"tasks": ["category"], "n_candidates": 3, "sweep": [0.5, 3.0], "grid": [0.5, 3.0],
+                   "n_calibration": 6, "n_validation": 6, "n_test": 8, "n_random": 1, "batch_size": 6},
+    "act": {"tasks": ["sentiment"], "n_candidates": 3, "n_calibration": 6, "n_test": 8, "n_random": 1,
+            "batch_size": 6, "threshold": 0.02},
+    "attention_redistribution": {"skip_layers": 0, "rho": 0.1, "max_heads": 3, "n_calibration": 4, "n_test": 6,
+                                 "n_random": 1, "batch_size": 4},
+    "context_attention": {"n_heads": 2, "grid": [2.0], "n_calibration": 4, "n_test": 6, "n_random": 1,
+                          "batch_size": 4},
 }
 FAMILY = {"vhd": "llava"}
+CHAT = {"context_attention"}  # needs a chat template: the tiny tokenizer gets a minimal one
+
+
+def _with_chat(model):
+    tok = model.tokenizer
+    tok.chat_template = "<u>{content}</u>"
+    tok.apply_chat_template = lambda msgs, tokenize=False, add_generation_prompt=True: (
+        "<u>" + msgs[0]["content"] + "</u>\n")
+    return model
 
 
 def _stored(df: pd.DataFrame) -> pd.DataFrame:
@@ -82,6 +100,8 @@ def test_merge_of_units_is_the_one_process_run(name):
     spec = registry.get(name)
     n_ctx = 1024 if name == "retrieval" else 256
     model = tiny_model(FAMILY.get(name, "llama"), n_layers=2, n_ctx=n_ctx)
+    if name in CHAT:
+        model = _with_chat(model)
     p = spec.params.coerce(SMALL.get(name), where=name)  # an analysis added later: its defaults
     if name not in SMALL:
         from interp.params import ParamError

@@ -6,7 +6,7 @@ again with ``Zero(Site(layer, "z", head))`` on those heads for every forward pas
 Writes the ablated report, the comparison folder, and ``reports/experiments/compare_<model>_induction_ablated.json``
 (the per-score table, the role changes, timings).
 
-    python benchmarks/compare_ablation.py BASE_REPORT --out DIR [--k 5] [--analyses taxonomy,sinks]
+    python experiments/compare_ablation.py BASE_REPORT --out DIR [--k 5] [--analyses taxonomy,sinks]
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def top_heads(scores, k: int, score: str = "induction") -> list[tuple[int, int]]
     sub = scores[(scores["analysis"] == "taxonomy") & (scores["score"] == score) & (scores["level"] == "head")]
     if sub.empty:
         raise SystemExit(f"the base report has no taxonomy/{score} score; run `interp report -a taxonomy` first")
-    sub = sub.sort_values(["value", "layer", "head"], ascending=[False, True, True]).head(k)
-    return [(int(r.layer), int(r.head)) for r in sub.itertuples()]
+    from interp import heads
+
+    return heads.top_heads(sub, k, score=score)
 
 
 def main():
