@@ -85,42 +85,52 @@ def context_divergence(model, samples, *, n_generate: int = 8, generated_only: b
     """
     if not samples:
         raise ValueError("context_divergence needs at least one (context, prompt) sample")
+    per_token = [sample_divergence(model, i, context, prompt, n_generate=n_generate)
+                 for i, (context, prompt) in enumerate(samples)]
+    return divergence_tables(per_token, model.name, generated_only=generated_only)
+
+
+def sample_divergence(model, i: int, context: str, prompt: str, *, n_generate: int = 8) -> pd.DataFrame:
+    """Per-token divergences of sample ``i`` (one row per suffix token × layer × head)."""
     tok = model.tokenizer
     bos = _bos(tok)
-    per_token = []
-    for i, (context, prompt) in enumerate(samples):
-        if not prompt:
-            raise ValueError(f"sample {i}: the prompt (the shared suffix) is empty")
-        ctx = list(tok(context, add_special_tokens=True)["input_ids"])
-        suffix = tok(prompt, add_special_tokens=False)["input_ids"]
-        room = model.shape.n_ctx - len(suffix) - n_generate - len(bos) if model.shape.n_ctx else None
-        if room is not None and room < 1:
-            raise ValueError(f"sample {i}: prompt ({len(suffix)} tokens) + {n_generate} generated tokens leave no "
-                             f"room for a context in {model.name}'s {model.shape.n_ctx}-token window")
-        if room is not None and len(ctx) - len(bos) > room:  # keep the context's end (and BOS)
-            ctx = ctx[:len(bos)] + ctx[len(ctx) - room:]
-        with_ids = torch.tensor([ctx + suffix])
-        model.check_tokens(with_ids)
-        gen = greedy_continuation(model, with_ids, n_generate)
-        suffix = suffix + gen
-        a = suffix_head_outputs(model, torch.tensor([ctx + suffix]), len(suffix))
-        b = suffix_head_outputs(model, torch.tensor([bos + suffix]), len(suffix))
-        d = divergence_of(a, b)  # each [layer, token, head]
-        L, T, H = d["l2"].shape
-        li, ti, hi = torch.meshgrid(torch.arange(L), torch.arange(T), torch.arange(H), indexing="ij")
-        per_token.append(pd.DataFrame({
-            "sample": i, "token_index": ti.reshape(-1).numpy(),
-            "is_generated": (ti >= T - len(gen)).reshape(-1).numpy(),
-            "layer": li.reshape(-1).numpy(), "head": hi.reshape(-1).numpy(),
-            **{k: v.reshape(-1).double().numpy() for k, v in d.items()}}))
+    if not prompt:
+        raise ValueError(f"sample {i}: the prompt (the shared suffix) is empty")
+    ctx = list(tok(context, add_special_tokens=True)["input_ids"])
+    suffix = tok(prompt, add_special_tokens=False)["input_ids"]
+    room = model.shape.n_ctx - len(suffix) - n_generate - len(bos) if model.shape.n_ctx else None
+    if room is not None and room < 1:
+        raise ValueError(f"sample {i}: prompt ({len(suffix)} tokens) + {n_generate} generated tokens leave no "
+                         f"room for a context in {model.name}'s {model.shape.n_ctx}-token window")
+    if room is not None and len(ctx) - len(bos) > room:  # keep the context's end (and BOS)
+        ctx = ctx[:len(bos)] + ctx[len(ctx) - room:]
+    with_ids = torch.tensor([ctx + suffix])
+    model.check_tokens(with_ids)
+    gen = greedy_continuation(model, with_ids, n_generate)
+    suffix = suffix + gen
+    a = suffix_head_outputs(model, torch.tensor([ctx + suffix]), len(suffix))
+    b = suffix_head_outputs(model, torch.tensor([bos + suffix]), len(suffix))
+    d = divergence_of(a, b)  # each [layer, token, head]
+    L, T, H = d["l2"].shape
+    li, ti, hi = torch.meshgrid(torch.arange(L), torch.arange(T), torch.arange(H), indexing="ij")
+    return pd.DataFrame({
+        "sample": i, "token_index": ti.reshape(-1).numpy(),
+        "is_generated": (ti >= T - len(gen)).reshape(-1).numpy(),
+        "layer": li.reshape(-1).numpy(), "head": hi.reshape(-1).numpy(),
+        **{k: v.reshape(-1).double().numpy() for k, v in d.items()}})
+
+
+def divergence_tables(per_token: list[pd.DataFrame], model_name: str, *, generated_only: bool = False):
+    """``(scores, per_token)`` from the per-sample frames of ``sample_divergence`` (in sample order)."""
+    n_samples = len(per_token)
     per_token = pd.concat(per_token, ignore_index=True)
     rows = per_token[per_token["is_generated"]] if generated_only else per_token
     means = rows.groupby(["layer", "head"])[["l2", "cos", "rel"]].mean()
     tables = []
     for name in ("l2", "cos", "rel"):
         m = means[name].unstack("head").to_numpy()
-        tables.append(ScoreTable.from_matrix(m, model=model.name, analysis="divergence", score=f"context_{name}",
-                                             n_samples=len(samples)))
+        tables.append(ScoreTable.from_matrix(m, model=model_name, analysis="divergence", score=f"context_{name}",
+                                             n_samples=n_samples))
     return ScoreTable.concat(tables), per_token
 
 

@@ -200,22 +200,40 @@ def _template(model, template: str) -> str:
     return "chat" if getattr(model.tokenizer, "chat_template", None) else "paper"
 
 
-def _refusal_rows(model, p: SafetyParams, conditions: dict, tmpl: str):
-    """(score rows, one table row per condition × prompt set) of the refusal check."""
+def refusal_condition(model, p: SafetyParams, cond: str, heads, set_name: str, tmpl: str):
+    """(score table or None, table row) of one refusal condition on one prompt set: the score row
+    ``refusal_rate_<cond>`` only for the harmful set ``p.prompts``."""
     from interp.scores import ScoreTable
 
+    r = refusal_rate(model, set_name, n=p.n_refusal, ablate=heads, template=tmpl,
+                     max_new_tokens=p.max_new_tokens, method=p.method, eps=p.eps)
+    lo, hi = wilson_interval(sum(r.refused), len(r.refused))
+    row = dict(condition=cond, prompts=str(set_name), heads=" ".join(f"L{a}H{b}" for a, b in heads),
+               refusal_rate=r.rate, n=len(r.refused), ci_low=lo, ci_high=hi)
+    score = None
+    if str(set_name) == str(p.prompts):
+        score = ScoreTable.scalar(r.rate, model=model.name, analysis="safety", score=f"refusal_rate_{cond}",
+                                  n_samples=len(r.refused), ci_low=lo, ci_high=hi)
+    return score, row
+
+
+def refusal_conditions(shape, p: SafetyParams, ships_top, sahara_heads) -> dict:
+    """Condition name → ablated heads: clean, the top-1 and top-k Ships heads (``ships_top(k)``), the Sahara
+    set and as many random heads (k = the Sahara set's size)."""
+    k = len(sahara_heads)
+    return {"clean": [], "ships_top1": ships_top(1), f"ships_top{k}": ships_top(k), "sahara": list(sahara_heads),
+            "random": random_heads(shape, k, seed=p.seed)}
+
+
+def _refusal_rows(model, p: SafetyParams, conditions: dict, tmpl: str):
+    """(score rows, one table row per condition × prompt set) of the refusal check."""
     tables, rows = [], []
     for cond, heads in conditions.items():
         for set_name in (p.prompts, p.harmless):
-            r = refusal_rate(model, set_name, n=p.n_refusal, ablate=heads, template=tmpl,
-                             max_new_tokens=p.max_new_tokens, method=p.method, eps=p.eps)
-            lo, hi = wilson_interval(sum(r.refused), len(r.refused))
-            rows.append(dict(condition=cond, prompts=str(set_name), heads=" ".join(
-                f"L{a}H{b}" for a, b in heads), refusal_rate=r.rate, n=len(r.refused), ci_low=lo, ci_high=hi))
-            if str(set_name) == str(p.prompts):
-                tables.append(ScoreTable.scalar(r.rate, model=model.name, analysis="safety",
-                                                score=f"refusal_rate_{cond}", n_samples=len(r.refused),
-                                                ci_low=lo, ci_high=hi))
+            score, row = refusal_condition(model, p, cond, heads, set_name, tmpl)
+            rows.append(row)
+            if score is not None:
+                tables.append(score)
     return tables, rows
 
 
@@ -241,9 +259,7 @@ def run(model, params: SafetyParams | dict | None = None, out_dir=None) -> dict:
     tables = [sh.scores, sa.scores(model.name)]
     out = {}
     if p.refusal:
-        k = len(sa.heads)
-        conditions = {"clean": [], "ships_top1": sh.top_heads(1), f"ships_top{k}": sh.top_heads(k),
-                      "sahara": sa.heads, "random": random_heads(model, k, seed=p.seed)}
+        conditions = refusal_conditions(model.shape, p, sh.top_heads, sa.heads)
         rows_scores, rows = _refusal_rows(model, p, conditions, tmpl)
         tables += rows_scores
         out["refusal"] = pd.DataFrame(rows)

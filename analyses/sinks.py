@@ -130,16 +130,23 @@ def sink_scores(model, *, conditions=("prose", "random", "repeated"), n_samples:
     from interp.scores import ScoreTable
 
     tables = []
-    common = dict(model=model.name, analysis="sinks", n_samples=n_samples)
     for cond in conditions:
         ids = condition_samples(model, cond, n_samples, n_tokens, seed)
         a = sink_alpha(model, ids, k=k, batch_size=batch_size)  # [layer, batch, head]
-        tables += [
-            ScoreTable.scalar(sink_rate(a, eps), score=f"sink_rate_{cond}", **common),
-            ScoreTable.from_matrix(a.mean(1), score=f"sink_alpha_{cond}", **common),
-            ScoreTable.from_matrix((a > eps).double().mean(1), score=f"sink_frac_{cond}", **common),
-        ]
+        tables += condition_tables(a, cond, eps, model.name, n_samples)
     return ScoreTable.concat(tables)
+
+
+def condition_tables(a: torch.Tensor, cond: str, eps: float, model_name: str, n_samples: int) -> list:
+    """The three score tables of one condition from its ``alpha [layer, batch, head]`` (all its samples)."""
+    from interp.scores import ScoreTable
+
+    common = dict(model=model_name, analysis="sinks", n_samples=n_samples)
+    return [
+        ScoreTable.scalar(sink_rate(a, eps), score=f"sink_rate_{cond}", **common),
+        ScoreTable.from_matrix(a.mean(1), score=f"sink_alpha_{cond}", **common),
+        ScoreTable.from_matrix((a > eps).double().mean(1), score=f"sink_frac_{cond}", **common),
+    ]
 
 
 # --- causal check --------------------------------------------------------------------------------------------
@@ -206,33 +213,52 @@ def _removal(model, p: SinksParams, alpha_head: torch.Tensor):
     return rows, table
 
 
-def _sub_analyses(model, p: SinksParams):
-    """Each enabled sub-analysis as ``(name, scores, table, kind)``; kind: "per_token" or an extra table."""
+# (SinksParams field, sub-analysis name, kind) in run order; kind: "per_token" or an extra table
+SUB_ANALYSES = (("streaming", "streaming", "per_token"), ("hidden", "hidden_sinks", "table"),
+                ("secondary", "secondary_sinks", "table"), ("extreme", "extreme", "per_token"),
+                ("dormant", "active_dormant", "table"))
+
+
+def sub_analysis(model, p: SinksParams, name: str):
+    """One sub-analysis (a name of ``SUB_ANALYSES``) as ``(scores, table)``."""
     from interp.analyses.extreme_tokens import active_dormant, extreme_token_scores
     from interp.analyses.hidden_sinks import hidden_sinks
     from interp.analyses.secondary_sinks import secondary_sinks
     from interp.analyses.streaming import streaming_scores
 
     st, hi, se, ex, do = p.streaming, p.hidden, p.secondary, p.extreme, p.dormant
-    calls = [
-        (st, "streaming", "per_token", lambda: streaming_scores(
+    calls = {
+        "streaming": lambda: streaming_scores(
             model, sink=st.sink, window=st.window, tau=st.tau, n_samples=st.n_samples, n_tokens=st.n_tokens,
-            seed=p.seed)),
-        (hi, "hidden_sinks", "table", lambda: hidden_sinks(
+            seed=p.seed),
+        "hidden_sinks": lambda: hidden_sinks(
             model, threshold=hi.threshold, min_rows=hi.min_rows, n_samples=hi.n_samples, n_tokens=hi.n_tokens,
-            seed=p.seed)),
-        (se, "secondary_sinks", "table", lambda: secondary_sinks(
+            seed=p.seed),
+        "secondary_sinks": lambda: secondary_sinks(
             model, threshold=se.threshold, start_layer=se.start_layer, min_rows=se.min_rows,
-            n_samples=se.n_samples, n_tokens=se.n_tokens, seed=p.seed)),
-        (ex, "extreme", "per_token", lambda: extreme_token_scores(
-            model, n_samples=ex.n_samples, n_tokens=ex.n_tokens, seed=p.seed)),
-        (do, "active_dormant", "table", lambda: active_dormant(
-            model, do.domains, n_samples=do.n_samples, n_tokens=do.n_tokens, tol=do.tol, seed=p.seed)),
-    ]
-    for sub_p, name, kind, fn in calls:
-        if sub_p.enabled:
-            scores, table = fn()
-            yield name, scores, table, kind
+            n_samples=se.n_samples, n_tokens=se.n_tokens, seed=p.seed),
+        "extreme": lambda: extreme_token_scores(model, n_samples=ex.n_samples, n_tokens=ex.n_tokens, seed=p.seed),
+        "active_dormant": lambda: active_dormant(
+            model, do.domains, n_samples=do.n_samples, n_tokens=do.n_tokens, tol=do.tol, seed=p.seed),
+    }
+    return calls[name]()
+
+
+def enabled_sub_analyses(p: SinksParams) -> list[tuple[str, str]]:
+    """``(name, kind)`` of each enabled sub-analysis, in run order."""
+    return [(name, kind) for field_, name, kind in SUB_ANALYSES if getattr(p, field_).enabled]
+
+
+def _sub_analyses(model, p: SinksParams):
+    """Each enabled sub-analysis as ``(name, scores, table, kind)``; kind: "per_token" or an extra table."""
+    for name, kind in enabled_sub_analyses(p):
+        scores, table = sub_analysis(model, p, name)
+        yield name, scores, table, kind
+
+
+def removal_condition(p: SinksParams) -> str:
+    """The condition whose α ranks the heads of the removal check."""
+    return "prose" if "prose" in p.conditions else p.conditions[0]
 
 
 def run(model, params: SinksParams | dict | None = None, out_dir=None) -> dict:
@@ -255,8 +281,8 @@ def run(model, params: SinksParams | dict | None = None, out_dir=None) -> dict:
         else:
             extra[name] = table
     if p.removal.enabled:
-        cond = "prose" if "prose" in p.conditions else p.conditions[0]
-        alpha = ScoreTable.matrix(tables[0], f"sink_alpha_{cond}", model.shape.n_layers, model.shape.n_heads)
+        s = model.shape
+        alpha = ScoreTable.matrix(tables[0], f"sink_alpha_{removal_condition(p)}", s.n_layers, s.n_heads)
         rows, extra["removal"] = _removal(model, p, torch.from_numpy(alpha))
         tables += rows
     out = {"scores": ScoreTable.concat(tables), **extra}

@@ -8,6 +8,11 @@ merged tables are the one-process tables exactly (see ``interp.units`` for the r
   ``retrieval.tables_from_records`` over the records in grid order.
 - ``attention_basics``: one unit per text; a unit's result is ``basic.text_stats`` (float64 sums over the
   text's query positions); ``merge`` adds them text by text from zero (``basic.tables_from_stats``), as ``run``.
+- ``divergence``: one needle (context, prompt) sample per unit; a unit's result is that sample's per-token frame
+  (``head_divergence.sample_divergence``); ``merge`` concatenates them in sample order and takes the same
+  per-head means (``head_divergence.divergence_tables``).
+
+The ``safety`` units are in ``splits_safety``, the ``sinks`` and ``taxonomy`` units in ``splits_sinks``.
 
 Tested in ``tests/unit/test_units.py``.
 """
@@ -73,5 +78,35 @@ def _basics_merge(info, params, results):
     return tables_from_stats(info.name, info.shape, stats)
 
 
+# --- divergence: one (context, prompt) sample per unit ---------------------------------------------------------
+
+
+def _div_split(params):
+    from .head_divergence import DivergenceParams
+    from .niah import load_needles
+
+    DivergenceParams.coerce(params, where="divergence")
+    return [Unit("divergence", f"sample{i}", i, {"sample": i}) for i in range(len(load_needles()))]
+
+
+def _div_run(model, params, unit):
+    from .head_divergence import DivergenceParams, needle_samples, sample_divergence
+
+    p = DivergenceParams.coerce(params, where="divergence")
+    i = int(unit.payload["sample"])
+    context, prompt = needle_samples(model, context_tokens=p.context_tokens, depth=p.depth)[i]
+    return {"per_token": sample_divergence(model, i, context, prompt, n_generate=p.n_generate)}
+
+
+def _div_merge(info, params, results):
+    from .head_divergence import DivergenceParams, divergence_tables
+
+    p = DivergenceParams.coerce(params, where="divergence")
+    scores, per_token = divergence_tables([r["per_token"] for r in results], info.name,
+                                          generated_only=p.generated_only)
+    return {"scores": scores, "per_token": per_token}
+
+
 RETRIEVAL = Splitter(_retrieval_split, _retrieval_run, _retrieval_merge, "one NIAH cell per unit")
 BASICS = Splitter(_basics_split, _basics_run, _basics_merge, "one text per unit")
+DIVERGENCE = Splitter(_div_split, _div_run, _div_merge, "one (context, prompt) sample per unit")

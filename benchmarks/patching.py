@@ -9,8 +9,11 @@ IOI-style prompt pair of equal token length; metric = logit difference " Mary" �
   restricted to a few layers through its ``index_df``; ours runs the same sites), ``positions="each"`` vs
   ``get_act_patch_attn_head_out_by_pos``.
 
-Methods run round-robin ``--repeats`` times (the machine may be shared: the load average is recorded before
-and after); the table shows medians, the speed-up is the ratio of medians, max |Δ| is against TL's table.
+Methods run round-robin ``--repeats`` times (the machine may be shared: ``uptime`` is recorded before and
+after); the table shows medians, the speed-up is the ratio of medians (and TL / ours of each round), max |Δ|
+is against TL's table and must stay within ``--tol`` (1e-4) or nothing is written. On a loaded machine TL's many
+small multi-threaded forwards slow down far more than the packed ones (thread oversubscription); ``--threads 1``
+runs both sides single-threaded.
 Both sides' times include their clean cache run. Writes ``reports/bench/patching.json``.
 
     python benchmarks/patching.py [--layers N] [--each-layers 0,10,20] [--repeats 3] [--threads T]
@@ -22,6 +25,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -59,19 +63,28 @@ def tl_by_pos(model, clean, corrupt, metric, layers):
     return out.reshape(len(layers), n_pos, n_h).transpose(1, 2).float().cpu()
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def _table(title, rows, ref_name, n_sites):
-    t_ref = statistics.median(rows[ref_name][0])
-    ref = rows[ref_name][1]
+    ref_secs, ref = rows[ref_name]
+    t_ref = statistics.median(ref_secs)
     print(f"\n{title}")
-    print(f"{'method':44s} {'median s':>9s} {'runs (s)':>22s} {'ms/site':>8s} {'speed-up':>9s} {'max|Δ| vs TL':>13s}")
+    print(f"{'method':44s} {'median s':>9s} {'runs (s)':>22s} {'ms/site':>8s} {'speed-up':>9s} {'per round':>18s} "
+          f"{'max|Δ| vs TL':>13s}")
     out = []
     for name, (secs, vals) in rows.items():
         med = statistics.median(secs)
         diff = float((vals - ref).abs().max())
+        rounds = [a / b for a, b in zip(ref_secs, secs)]  # TL / this, each round's pair run back to back
         runs = " ".join(f"{s:.2f}" for s in secs)
-        print(f"{name:44s} {med:9.2f} {runs:>22s} {1000 * med / n_sites:8.2f} {t_ref / med:8.1f}× {diff:13.2e}")
+        per = " ".join(f"{r:.1f}" for r in rounds)
+        print(f"{name:44s} {med:9.2f} {runs:>22s} {1000 * med / n_sites:8.2f} {t_ref / med:8.1f}× {per:>18s} "
+              f"{diff:13.2e}")
         out.append(dict(method=name, seconds_median=med, seconds=secs, ms_per_site=1000 * med / n_sites,
-                        speedup_vs_tl=t_ref / med, max_abs_diff_vs_tl=diff))
+                        speedup_vs_tl=t_ref / med, speedup_per_round=rounds,
+                        speedup_median_of_rounds=statistics.median(rounds), max_abs_diff_vs_tl=diff))
     return out
 
 
@@ -91,8 +104,12 @@ def main():
     ap.add_argument("--budget-mb", type=float, default=1024)
     ap.add_argument("--model", default="default")
     ap.add_argument("--out", default="reports/bench/patching.json")
+    ap.add_argument("--tol", type=float, default=1e-4, help="max |Δ| vs TL's table allowed (else exit 1)")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # TL's progress bars
+    from transformer_lens import patching as tlp
+
+    tlp.tqdm = lambda it, *a, **k: it  # its loop without the progress bar (tqdm 4.70 ignores TQDM_DISABLE there)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -111,7 +128,7 @@ def main():
     n_h, n_pos = model.shape.n_heads, clean.shape[1]
     _ = model.tl  # build the bridge outside the timings
     interp.patch_sweep(model, clean, corrupt, "z", metric, layers=layers[:1], heads=[0])  # warm-up
-    load_before = os.getloadavg()
+    load_before, uptime_before = os.getloadavg(), _uptime()
 
     def ours(ls, positions, **kw):
         return lambda: interp.patch_sweep(model, clean, corrupt, "z", metric, positions, layers=ls,
@@ -126,7 +143,7 @@ def main():
         _timed(each_rows, "interp patch_sweep each (prefix reuse)", ours(each_layers, "each"))
         _timed(each_rows, "TL get_act_patch_attn_head_out_by_pos", lambda: tl_by_pos(model, clean, corrupt,
                                                                                       metric, each_layers))
-    load_after = os.getloadavg()
+    load_after, uptime_after = os.getloadavg(), _uptime()
 
     print(f"\nmodel {model.name}, prompt {n_pos} tokens, {torch.get_num_threads()} CPU threads, {args.repeats} "
           f"repeats, load average before {load_before[0]:.2f} / after {load_after[0]:.2f} ({os.cpu_count()} CPUs)")
@@ -139,9 +156,14 @@ def main():
                n_tokens=int(n_pos), each_layers=each_layers, n_sites_each=n_each, repeats=args.repeats,
                threads=torch.get_num_threads(), budget_mb=args.budget_mb, device=str(model.device),
                torch=torch.__version__, machine=platform.machine(), cpu_count=os.cpu_count(),
-               loadavg_before=list(load_before), loadavg_after=list(load_after), clean=CLEAN, corrupt=CORRUPT,
+               loadavg_before=list(load_before), loadavg_after=list(load_after), uptime_before=uptime_before,
+               uptime_after=uptime_after, clean=CLEAN, corrupt=CORRUPT,
                metric="logit_diff(' Mary', ' John') at the last position", results=res_all,
                results_each=res_each, tl_table=all_rows["TL get_act_patch_attn_head_out_all_pos"][1].tolist())
+    worst = max(r["max_abs_diff_vs_tl"] for r in res_all + res_each)
+    print(f"max |Δ| vs TL over both sweeps: {worst:.2e} (tolerance {args.tol:g})")
+    if not worst <= args.tol:
+        raise SystemExit(f"interp and TL differ by {worst:.2e} > {args.tol:g}; nothing written")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(out, doc, indent=1, sort_keys=False)

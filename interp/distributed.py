@@ -28,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .units import ModelInfo, Unit, check_units, decode, encode, splitter_for
+from .units import ModelInfo, Unit, check_units, decode, drive, encode, splitter_for
 
 LOCAL = "local"
 
@@ -43,6 +43,24 @@ def _versions() -> dict:
     import interp
 
     return {"interp": interp.__version__, "torch": torch.__version__}
+
+
+def _import_hub_kernels() -> None:
+    """A replica started from a source checkout has the checkout on ``sys.path``, where ``kernels/`` (installed
+    as ``interp.kernels``) shadows the hub package ``kernels`` that transformers imports at model load; import
+    the real one first with the checkout off the path (nothing happens where it is not installed)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    try:
+        import kernels  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
 
 
 class _Replica:
@@ -62,6 +80,7 @@ class _Replica:
             return
         if device == "cpu":
             torch.set_num_threads(max(1, n_threads))
+        _import_hub_kernels()
         try:
             from interp import load_model
 
@@ -312,30 +331,35 @@ class Executor:
                 on_result(unit, out)
 
     def run_analysis(self, spec, params, seed: int = 0, *, checkpoint=None, meta: dict | None = None) -> dict:
-        """Split, run (resuming finished units from ``checkpoint``), merge: the analysis's tables."""
+        """Split, run round by round (resuming finished units from ``checkpoint``), merge: the tables."""
         from .io import JsonlCheckpoint
 
         splitter = splitter_for(spec)
-        units = check_units(splitter.split(params), spec.name)
+        n_first = len(check_units(splitter.split(params), spec.name))
         ckpt = None
         if checkpoint is not None:
-            ckpt = JsonlCheckpoint(checkpoint, {"analysis": spec.name, "n_units": len(units), **(meta or {})},
+            ckpt = JsonlCheckpoint(checkpoint, {"analysis": spec.name, "n_units": n_first, **(meta or {})},
                                    hint="delete it or rerun with --no-resume")
-        kept = {u.key: ckpt.get(u.key) for u in units if ckpt is not None and u.key in ckpt}
-        timing = [{"key": k, "seconds": r["seconds"], "worker": r["pid"], "host": r["host"],
-                   "attempts": r["attempts"], "resumed": True} for k, r in kept.items()]
+        timing, order = [], []
 
         def record(unit, out):
-            rec = {"key": unit.key, **out}
             if ckpt is not None:
-                ckpt.add(rec)
+                ckpt.add({"key": unit.key, **out})
             timing.append({"key": unit.key, "seconds": out["seconds"], "worker": out["pid"], "host": out["host"],
                            "attempts": out["attempts"], "resumed": False})
 
-        new = self.run_units(splitter, params, seed, [u for u in units if u.key not in kept], on_result=record)
-        self.units[spec.name] = sorted(timing, key=lambda t: [u.key for u in units].index(t["key"]))
-        results = [decode((kept.get(u.key) or new[u.key])["result"]) for u in units]
-        return splitter.merge(self.info_, params, results)
+        def run_round(units):
+            order.extend(u.key for u in units)
+            kept = {u.key: ckpt.get(u.key) for u in units if ckpt is not None and u.key in ckpt}
+            timing.extend({"key": k, "seconds": r["seconds"], "worker": r["pid"], "host": r["host"],
+                           "attempts": r["attempts"], "resumed": True} for k, r in kept.items())
+            new = self.run_units(splitter, params, seed, [u for u in units if u.key not in kept], on_result=record)
+            return [decode((kept.get(u.key) or new[u.key])["result"]) for u in units]
+
+        self.start()
+        merged = drive(splitter, self.info_, params, run_round, spec.name)
+        self.units[spec.name] = sorted(timing, key=lambda t: order.index(t["key"]))
+        return merged
 
     # -- the report runner's hooks (interp.report.runner) ----------------------------------------------------
     def start_for_report(self, out, created: bool) -> ModelInfo:

@@ -7,6 +7,14 @@ workers; the merged result must not depend on either. Each analysis therefore de
     run(model, params, unit) -> result             one unit on a loaded model (JSON-able after ``encode``)
     merge(info, params, results) -> {table: df}    ``results`` in ``split`` order; ``info`` carries the
                                                    model's ``name`` and ``shape`` only (no weights)
+    follow(info, params, units, results) -> [Unit] optional: the next round's units, given every unit and
+                                                   result so far (in order); ``[]`` ends the run
+
+Rounds (``follow``) serve analyses whose later parts need earlier results: safety's Sahara search needs the
+merged Ships ranking, and its refusal conditions need the Sahara set; a sink or induction causal check needs
+the merged head scores. The driver computes the next round's units from the results (cheap, no model), their
+payload carries what they need (e.g. the candidate heads), and their indices continue the earlier ones. A
+rerun after a crash reads the earlier rounds from the checkpoint, so it rebuilds the same later units.
 
 and ``merge(info, p, [run(model, p, u) for u in split(p)]) == analysis.run(model, p)``, exactly: a unit keeps
 the per-sample values the one-process run reduces, and ``merge`` applies the same reduction in the same order
@@ -15,11 +23,16 @@ analyses (``SPLITS``; ``interp.analyses.splits``):
 
 - ``retrieval``: one NIAH cell (needle, length, depth) per unit (Wu et al. 2024's 600-instance grid → 600 units);
 - ``attention_basics``: one text per unit;
-- ``sinks``: the Sink_k^ε table of each condition and each enabled sub-analysis (streaming, hidden,
-  secondary, extreme tokens, active/dormant) is a unit; with the removal check on it stays one unit;
-- ``taxonomy``: the head-type scores with the ablation check, and WAAD/FAI, are two units;
-- every other analysis (safety, divergence, duo_attention, ...) is one unit (``whole``): the whole
-  ``run`` on one replica. DuoAttention is one training run and stays one unit by design.
+- ``safety``: one Ships query per unit; then one Sahara unit (the greedy search over the top Ships heads:
+  its steps are sequential, see ``interp.analyses.splits``); then one refusal unit per condition × prompt set;
+- ``sinks``: one batch of ``batch_size`` samples of one condition per unit, each enabled sub-analysis
+  (streaming, hidden, secondary, extreme tokens, active/dormant) one unit; then the removal check (needs the
+  merged prose α) one unit;
+- ``taxonomy``: the head-type scores, and WAAD/FAI, one unit each; then the ablation check (needs the merged
+  induction scores) one unit;
+- ``divergence``: one (context, prompt) sample per unit;
+- every other analysis (duo_attention, model_divergence, ...) is one unit (``whole``): the whole ``run`` on one
+  replica. DuoAttention is one training run and stays one unit by design.
 
 Results travel and are checkpointed as JSON: ``encode`` turns DataFrames into base64 parquet and arrays into
 base64 raw bytes (dtype and shape kept), so ``decode(encode(x))`` is bit-identical. Tested in
@@ -64,12 +77,17 @@ class Splitter:
     run: Callable
     merge: Callable
     description: str = ""
+    follow: Callable | None = None  # (info, params, units, results) -> next round's [Unit]; None: one round
 
 
 # analysis name → Splitter or a lazy "module:attribute"; an analysis not listed is one unit (``whole``)
 SPLITS: dict[str, Splitter | str] = {
     "retrieval": "interp.analyses.splits:RETRIEVAL",
     "attention_basics": "interp.analyses.splits:BASICS",
+    "safety": "interp.analyses.splits_safety:SAFETY",
+    "sinks": "interp.analyses.splits_sinks:SINKS",
+    "taxonomy": "interp.analyses.splits_sinks:TAXONOMY",
+    "divergence": "interp.analyses.splits:DIVERGENCE",
 }
 
 
@@ -109,16 +127,36 @@ def whole(spec) -> Splitter:
     return Splitter(split, run, merge, "one unit (the whole analysis)")
 
 
-def run_local(splitter: Splitter, model, params, *, on_unit=None) -> dict:
-    """Every unit in one process, then ``merge`` (what a distributed run computes, without Ray)."""
-    info = ModelInfo(model.name, model.shape, model.weights_hash, getattr(model, "source", None))
-    results = []
-    for unit in splitter.split(params):
-        t0 = time.perf_counter()
-        results.append(decode(encode(splitter.run(model, params, unit))))
-        if on_unit is not None:
-            on_unit(unit, time.perf_counter() - t0)
+def drive(splitter: Splitter, info: ModelInfo, params, run_round: Callable, analysis: str) -> dict:
+    """Split, run round after round (``run_round(units) -> results`` in unit order), merge.
+
+    The first round is ``split(params)``; while ``follow`` gives more units, they run as the next round."""
+    units = check_units(splitter.split(params), analysis)
+    results = list(run_round(units))
+    while splitter.follow is not None:
+        more = splitter.follow(info, params, list(units), list(results))
+        if not more:
+            break
+        check_units(list(units) + list(more), analysis)
+        units += more
+        results += list(run_round(more))
     return splitter.merge(info, params, results)
+
+
+def run_local(splitter: Splitter, model, params, *, on_unit=None, analysis: str = "?") -> dict:
+    """Every unit in one process, round by round, then ``merge`` (what a distributed run computes, without Ray)."""
+    info = ModelInfo(model.name, model.shape, model.weights_hash, getattr(model, "source", None))
+
+    def run_round(units):
+        out = []
+        for unit in units:
+            t0 = time.perf_counter()
+            out.append(decode(encode(splitter.run(model, params, unit))))
+            if on_unit is not None:
+                on_unit(unit, time.perf_counter() - t0)
+        return out
+
+    return drive(splitter, info, params, run_round, analysis)
 
 
 def check_units(units: list[Unit], analysis: str) -> list[Unit]:
@@ -132,6 +170,15 @@ def check_units(units: list[Unit], analysis: str) -> list[Unit]:
     if [u.index for u in units] != list(range(len(units))):
         raise ValueError(f"analysis {analysis!r}: unit indices must be 0..{len(units) - 1} in order")
     return units
+
+
+def heads_payload(heads) -> list[list[int]]:
+    """``[(layer, head), ...]`` as JSON lists (a unit payload); ``heads_of`` reads them back as tuples."""
+    return [[int(a), int(b)] for a, b in heads]
+
+
+def heads_of(payload) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in payload]
 
 
 # --- JSON codec for unit results ----------------------------------------------------------------------------

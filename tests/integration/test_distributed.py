@@ -98,6 +98,23 @@ def test_retrieval_grid_on_two_workers_is_the_local_sweep(tmp_path):
     assert len(got["per_sample"]) == 12
 
 
+def test_safety_ships_queries_on_two_workers_equal_the_local_run():
+    """Ships split per query, Sahara and the refusal cells in later rounds: the tables of two Ray workers are
+    the one-process ``safety`` tables exactly."""
+    from interp.analyses import refusal
+    from interp.analyses.registry import get
+
+    params = {"n_ships": 3, "n_sahara": 2, "n_refusal": 2, "max_new_tokens": 4, "sahara_candidates": 4}
+    factory = functools.partial(tiny_model, "llama", n_layers=2)
+    with dist.Executor(factory, workers=2) as ex:
+        got = ex.run_analysis(get("safety"), get("safety").params.coerce(params))
+        keys = [u["key"] for u in ex.units["safety"]]
+    want = refusal.run(factory(), get("safety").params.coerce(params))
+    for t in ("scores", "refusal"):
+        pd.testing.assert_frame_equal(want[t], got[t], check_exact=True)
+    assert keys[:4] == ["ships|q0", "ships|q1", "ships|q2", "sahara"] and len(keys) == 14
+
+
 def test_worker_killed_mid_unit_is_retried_on_another_actor(tmp_path, pool):
     from interp.analyses.registry import get
 

@@ -141,3 +141,83 @@ def test_basics_merge_ignores_completion_order():
     info = ModelInfo(model.name, model.shape)
     merged = sp.merge(info, p, [got[i] for i in range(len(units))])
     _frames_equal(spec.run(model, p, None), merged)
+
+
+# --- the finer splits: rounds (follow), unit lists, completion order ------------------------------------------
+
+SINKS_REMOVAL = {**SMALL["sinks"], "removal": {"enabled": True, "k": 2, "n_random": 2, "n_samples": 2,
+                                               "n_tokens": 16}}
+
+
+def _shuffled(sp, model, p, seed: int, name: str):
+    """The units of every round run in a shuffled order (as workers finish them), merged in unit order."""
+    from interp.units import drive
+
+    rng = random.Random(seed)
+
+    def run_round(units):
+        order = list(units)
+        rng.shuffle(order)
+        torch.manual_seed(0)
+        got = {u.key: decode(encode(sp.run(model, p, u))) for u in order}
+        return [got[u.key] for u in units]
+
+    return drive(sp, ModelInfo(model.name, model.shape), p, run_round, name)
+
+
+def _units_of(sp, model, p, name):
+    """All units of all rounds (run locally to drive the rounds)."""
+    seen = []
+    run_local(sp, model, p, on_unit=lambda u, s: seen.append(u), analysis=name)
+    return seen
+
+
+@pytest.mark.parametrize("name,params", [("safety", SMALL["safety"]), ("sinks", SINKS_REMOVAL),
+                                         ("taxonomy", SMALL["taxonomy"]), ("divergence", SMALL["divergence"])])
+def test_finer_splits_merge_exactly_in_any_completion_order(name, params):
+    """Each split analysis: merge over units finishing in two shuffled orders == the one-process ``run``."""
+    spec = registry.get(name)
+    model = tiny_model("llama", n_layers=2)
+    p = spec.params.coerce(params, where=name)
+    torch.manual_seed(0)
+    direct = spec.run(model, p, None)
+    sp = splitter_for(spec)
+    for seed in (1, 2):
+        _frames_equal(direct, _shuffled(sp, model, p, seed, name))
+
+
+def test_safety_units_ships_per_query_then_sahara_then_refusal_cells():
+    spec = registry.get("safety")
+    model = tiny_model("llama", n_layers=2)
+    p = spec.params.coerce({**SMALL["safety"], "n_ships": 3}, where="safety")
+    units = _units_of(splitter_for(spec), model, p, "safety")
+    keys = [u.key for u in units]
+    assert keys[:4] == ["ships|q0", "ships|q1", "ships|q2", "sahara"]
+    conds = ["clean", "ships_top1", "ships_top3", "sahara", "random"]
+    assert keys[4:] == [f"refusal|{c}|{j}" for c in conds for j in (0, 1)]
+    assert [u.index for u in units] == list(range(len(units)))
+    # Sahara searches the top Ships heads of the merged queries, as the one-process run does
+    from interp.analyses.ships import ships_dataset
+
+    sh = ships_dataset(model, p.prompts, n=3, top_k=p.top_k, template="paper")
+    assert [tuple(h) for h in units[3].payload["candidates"]] == sh.top_heads(p.sahara_candidates)
+
+
+def test_sinks_units_one_per_condition_batch_sub_analysis_then_removal():
+    spec = registry.get("sinks")
+    model = tiny_model("llama", n_layers=2)
+    p = spec.params.coerce(SINKS_REMOVAL, where="sinks")
+    keys = [u.key for u in _units_of(splitter_for(spec), model, p, "sinks")]
+    batches = [f"alpha|{c}|{b}" for c in ("prose", "random", "repeated") for b in (0, 4)]
+    assert keys[:6] == batches and keys[-1] == "removal"
+    assert all(k.startswith("sub|") for k in keys[6:-1]) and len(keys) > 7
+
+
+def test_taxonomy_and_divergence_units():
+    model = tiny_model("llama", n_layers=2)
+    tax, div = registry.get("taxonomy"), registry.get("divergence")
+    p = tax.params.coerce(SMALL["taxonomy"], where="taxonomy")
+    assert [u.key for u in _units_of(splitter_for(tax), model, p, "taxonomy")] == ["types", "waad", "ablation"]
+    off = tax.params.coerce({**SMALL["taxonomy"], "ablation": {"enabled": False}}, where="taxonomy")
+    assert [u.key for u in _units_of(splitter_for(tax), model, off, "taxonomy")] == ["types", "waad"]
+    assert [u.key for u in splitter_for(div).split(div.params())] == ["sample0", "sample1", "sample2"]
