@@ -20,6 +20,10 @@ sys.path.insert(0, str(GOLDEN))
 import make_golden  # noqa: E402
 
 TOL = 1e-6
+# Sahara's angles (degrees) on the tiny model are ~1e-4: the ε-scaled heads barely move the float32 hidden states,
+# so the angle sits at float32's floor, where a new transformers/torch build moved them by up to 1.4e-6 (the same
+# tree, 419476c, gives the same shift). They are held at 1e-5 degrees; every other score keeps 1e-6.
+SCORE_TOL = {"sahara_angle": 1e-5, "sahara_single_angle": 1e-5}
 
 
 def assert_same_scores(now: pd.DataFrame, golden: pd.DataFrame) -> None:
@@ -36,7 +40,8 @@ def assert_same_scores(now: pd.DataFrame, golden: pd.DataFrame) -> None:
     assert same_nan.all(), f"NaN pattern differs at {list(g.index[~same_nan][:5])}"
     with np.errstate(invalid="ignore"):
         diff = np.where(np.isnan(b) | (a == b), 0.0, np.abs(a - b))  # a == b also holds for equal infinities
-    ok = diff <= TOL * np.maximum(1.0, np.abs(np.nan_to_num(b)))
+    tol = np.array([SCORE_TOL.get(score, TOL) for score in g.index.get_level_values("score")])
+    ok = diff <= tol * np.maximum(1.0, np.abs(np.nan_to_num(b)))
     worst = int(np.argmax(np.nan_to_num(diff, nan=np.inf)))
     assert ok.all(), (f"{int((~ok).sum())} values differ by > {TOL}; worst {g.index[worst]}: "
                       f"{a[worst]!r} vs golden {b[worst]!r}")
