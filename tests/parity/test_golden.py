@@ -23,7 +23,9 @@ TOL = 1e-6
 # Sahara's angles (degrees) on the tiny model are ~1e-4: the ε-scaled heads barely move the float32 hidden states,
 # so the angle sits at float32's floor, where a new transformers/torch build moved them by up to 1.4e-6 (the same
 # tree, 419476c, gives the same shift). They are held at 1e-5 degrees; every other score keeps 1e-6.
-SCORE_TOL = {"sahara_angle": 1e-5, "sahara_single_angle": 1e-5}
+# Ships' KL on the default model (a 30-layer float32 forward with an ε-scaled query) moved by up to 3.4e-6 of 0.174
+# (2e-5 relative) with the same build change; it is held at 1e-4.
+SCORE_TOL = {"sahara_angle": 1e-5, "sahara_single_angle": 1e-5, "ships_kl": 1e-4}
 
 
 def assert_same_scores(now: pd.DataFrame, golden: pd.DataFrame) -> None:
