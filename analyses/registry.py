@@ -181,6 +181,14 @@ _SPECS += [
         data_files="interp.analyses.context_attention:data_files", in_default=False),
 ]
 
+_SPECS += [
+    AnalysisSpec(
+        "circuits", "Circuit heads on a task (IOI, Colored Objects, numeric comparison or a task file): EAP and "
+        "EAP-IG node scores (each head's out-edges) and activation patching of each head's z",
+        run="interp.analyses.circuit_heads:run", params="interp.analyses.circuit_heads:CircuitsParams",
+        data_files="interp.analyses.circuit_heads:data_files", in_default=False),
+]
+
 REGISTRY: dict[str, AnalysisSpec] = {s.name: s for s in _SPECS}
 
 

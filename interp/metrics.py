@@ -175,6 +175,14 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, *, mask: torch.Tens
 
     ``mask [batch, pos]`` (1 = real token) drops predictions of padding targets from the mean.
     """
+    _check_logits(logits)
+    if isinstance(ids, torch.Tensor) and ids.ndim == 2 and 0 < from_pos and ids.shape[1] - 1 - from_pos <= 0:
+        raise ValueError(f"from_pos={from_pos} leaves no target among the {ids.shape[1]} positions")
+    if isinstance(ids, torch.Tensor) and ids.shape == logits.shape[:2] and from_pos > 0:
+        # row-wise log-softmax: the predictions before from_pos are never formed (same values, less work)
+        logits, ids = logits[:, from_pos:], ids[:, from_pos:]
+        mask = None if mask is None else mask[:, from_pos:]
+        from_pos = 0
     nll = next_token_loss_per_token(logits, ids)[:, from_pos:]  # [batch, pos - 1 - from_pos]
     if nll.shape[1] == 0:
         raise ValueError(f"from_pos={from_pos} leaves no target among the {ids.shape[1]} positions")

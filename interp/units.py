@@ -31,6 +31,10 @@ analyses (``SPLITS``; ``interp.analyses.splits``):
 - ``taxonomy``: the head-type scores, and WAAD/FAI, one unit each; then the ablation check (needs the merged
   induction scores) one unit;
 - ``divergence``: one (context, prompt) sample per unit;
+- ``circuits``: the base metrics one unit, one unit per EAP / EAP-IG prompt batch (``batch_size`` prompts; a
+  unit returns the batch's SUM of edge scores, ``merge`` adds them in batch order and divides by the prompt
+  count, as ``run`` does); then one activation-patching unit per chunk of ``heads_per_unit`` heads (their
+  results concatenated in head order);
 - every other analysis (duo_attention, model_divergence, ...) is one unit (``whole``): the whole ``run`` on one
   replica. DuoAttention is one training run and stays one unit by design.
 
@@ -88,6 +92,7 @@ SPLITS: dict[str, Splitter | str] = {
     "sinks": "interp.analyses.splits_sinks:SINKS",
     "taxonomy": "interp.analyses.splits_sinks:TAXONOMY",
     "divergence": "interp.analyses.splits:DIVERGENCE",
+    "circuits": "interp.analyses.splits_circuits:CIRCUITS",
 }
 
 

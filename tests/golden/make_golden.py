@@ -2,12 +2,16 @@
 
     python tests/golden/make_golden.py            # both
     python tests/golden/make_golden.py tiny       # only the tiny-llama report
+    python tests/golden/make_golden.py report     # only the default model's default report
 
 - ``tiny_llama_report.csv``: ``interp report --model tiny-llama`` with every analysis that runs on it
   (seed 0), the whole score table sorted by its index columns.
 - ``default_scores.csv``: a few default-model scores: Sink_1 (α per head and the model-level rate) on 16
   prose prompts, the three TransformerLens head-detector scores on 4 repeated-random sequences, retrieval
   scores on 2 needles, Ships KL on one AdvBench query.
+- ``default_report_scores.parquet``: the README's job, ``interp report --model default`` with the default
+  analyses (seed 0), its whole ``scores.parquet`` sorted by the index columns; written on the tree of 2eb11b8,
+  before the report was made faster (issue 18), so that the faster job must give the same numbers.
 Compared in ``tests/parity/test_golden.py`` (to 1e-6).
 """
 
@@ -42,6 +46,16 @@ def tiny_report() -> pd.DataFrame:
         return sort_scores(res.scores)
 
 
+def default_report(model="default") -> pd.DataFrame:
+    """The default analyses of ``interp report`` on the default model (``model``: the spec or a loaded model)."""
+    from interp.analyses import registry
+    from interp.report import run_report
+
+    with tempfile.TemporaryDirectory() as d:
+        run_report(model, registry.default(), Path(d) / "report", seed=0, progress=False)
+        return sort_scores(pd.read_parquet(Path(d) / "report" / "scores.parquet"))
+
+
 def default_scores() -> pd.DataFrame:
     import torch
 
@@ -72,6 +86,8 @@ def main(which: list[str]) -> None:
         tiny_report().to_csv(HERE / "tiny_llama_report.csv", index=False, float_format="%.17g")
     if not which or "default" in which:
         default_scores().to_csv(HERE / "default_scores.csv", index=False, float_format="%.17g")
+    if not which or "report" in which:
+        default_report().to_parquet(HERE / "default_report_scores.parquet", index=False)
 
 
 if __name__ == "__main__":

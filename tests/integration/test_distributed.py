@@ -115,6 +115,36 @@ def test_safety_ships_queries_on_two_workers_equal_the_local_run():
     assert keys[:4] == ["ships|q0", "ships|q1", "ships|q2", "sahara"] and len(keys) == 14
 
 
+def test_circuits_prompt_batches_and_patching_chunks_on_two_workers_equal_the_local_run(tmp_path):
+    """``circuits``: EAP / EAP-IG per prompt batch (batch sums merged in batch order) and patching per chunk of
+    heads (a second round, made from the replicas' model shape): the report of two Ray workers is the local one.
+
+    The local run uses the replicas' thread count (1: one CPU each): torch's float32 backward kernels reduce in
+    a thread-count-dependent order, which moves EAP scores by ~5e-12 (the split itself is exact, see
+    ``tests/unit/test_circuit_heads.py``)."""
+    import torch
+
+    params = {"circuits": {"task": "numeric_comparison", "n_prompts": 6, "batch_size": 2, "ig_steps": 2,
+                           "heads_per_unit": 3, "top_edges": 30}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = run_report("tiny-llama", ["circuits"], tmp_path / "local", params=params, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    b = run_report("tiny-llama", ["circuits"], tmp_path / "ray", params=params, progress=False, ray="local",
+                   workers=2)
+    assert set(a.scores["score"]) >= {"eap_node", "eap_ig_abs", "patch_z", "clean_logit_diff"}
+    pd.testing.assert_frame_equal(_sorted(a.scores), _sorted(b.scores), check_exact=True)
+    edges = [pd.read_parquet(tmp_path / d / "tables" / "circuits.edges.parquet") for d in ("local", "ray")]
+    pd.testing.assert_frame_equal(edges[0], edges[1], check_exact=True)
+    assert len(edges[0]) == 60
+    units = b.manifest["cluster"]["units"]["circuits"]
+    assert [u["key"] for u in units] == ["base", "eap|0", "eap|2", "eap|4", "eap_ig|0", "eap_ig|2", "eap_ig|4",
+                                         "patching|L0H0-L0H2", "patching|L0H3-L1H1", "patching|L1H2-L1H3"]
+    assert {u["worker"] for u in units} <= {r["pid"] for r in b.manifest["cluster"]["replicas"]}
+
+
 def test_worker_killed_mid_unit_is_retried_on_another_actor(tmp_path, pool):
     from interp.analyses.registry import get
 

@@ -66,3 +66,10 @@ def test_tiny_llama_report_equals_golden():
 @pytest.mark.slow
 def test_default_model_scores_equal_golden():
     assert_same_scores(make_golden.default_scores(), pd.read_csv(GOLDEN / "default_scores.csv"))
+
+
+@pytest.mark.slow
+def test_default_report_equals_golden(default_model):
+    """The README's job (``interp report --model default``, default analyses): every score as on 2eb11b8."""
+    assert_same_scores(make_golden.default_report(default_model),
+                       pd.read_parquet(GOLDEN / "default_report_scores.parquet"))

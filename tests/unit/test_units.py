@@ -35,6 +35,7 @@ SMALL = {
             "batch_size": 6, "threshold": 0.02},
     "attention_redistribution": {"skip_layers": 0, "rho": 0.1, "max_heads": 3, "n_calibration": 4, "n_test": 6,
                                  "n_random": 1, "batch_size": 4},
+    "circuits": {"task": "numeric_comparison", "n_prompts": 5, "batch_size": 2, "ig_steps": 2, "heads_per_unit": 3},
     "context_attention": {"n_heads": 2, "grid": [2.0], "n_calibration": 4, "n_test": 6, "n_random": 1,
                           "batch_size": 4},
 }
