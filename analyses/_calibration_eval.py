@@ -8,7 +8,7 @@ per-head attention mass the final query puts on a key set.
 - ``last_query_mass``: ``[layer, head]`` mean over items of Σ_{j∈K} A[last, j], with K from
   ``key_masks(batch_items, ids, mask) -> bool [batch, key_pos]`` (e.g. a marked span), under interventions.
 
-Statistics come from ``interp.analyses.refusal`` (``wilson_interval``, ``mcnemar_exact_p``); random heads from
+Statistics come from ``interp.stats`` (``wilson_interval``, ``mcnemar_exact_p``); random heads from
 ``interp.heads.random_heads``.
 """
 
@@ -21,8 +21,7 @@ import torch
 
 from interp.heads import random_heads
 from interp.scores import ScoreTable
-
-from .refusal import mcnemar_exact_p, wilson_interval
+from interp.stats import mcnemar_exact_p, wilson_interval
 
 
 def accuracy_rows(scores: dict, *, model: str, analysis: str, task: str, baseline: str = "clean") -> pd.DataFrame:

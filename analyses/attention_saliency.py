@@ -18,8 +18,9 @@ one backward of L (``interp.grads.site_grads``) gives g at every layer's z. Then
 of ``tile`` keys (rows i ≥ the tile's first key only), A_ij is recomputed from q, k: a first pass takes each row's
 log-sum-exp, the second forms E on the tile and accumulates. Memory beyond the forward/backward: one
 ``[head, query_pos, tile]`` tile. The loss is the *summed* next-token cross-entropy of the text
-(``interp.metrics.next_token_loss_per_token``), so E is in nats of the whole text. Causal; sliding windows
-(``abs_i − j < window``) and logit soft-capping are applied exactly as the model attends.
+(``interp.metrics.summed_next_token_loss``, checkpointed in position chunks), so E is in nats of the whole
+text. Causal; sliding windows (``abs_i − j < window``) and logit soft-capping are applied exactly as the model
+attends.
 
 Scores per head, with R = batch · (pos − 1) query rows (the last row predicts nothing: its g is 0) and
 d = i − j the key distance:
@@ -132,10 +133,11 @@ def head_influence(q, k, v, z, g, *, scaling: float, far_w: int = 64, tile: int 
 
 
 def summed_loss(logits, ids):
-    """L = Σ over the batch and the targets of the next-token cross-entropy (nats)."""
-    from interp.metrics import next_token_loss_per_token
+    """L = Σ over the batch and the targets of the next-token cross-entropy (nats), in checkpointed position
+    chunks (``interp.metrics.summed_next_token_loss``: no float64 ``[pos, d_vocab]`` copy at long context)."""
+    from interp.metrics import summed_next_token_loss
 
-    return next_token_loss_per_token(logits, ids).sum()
+    return summed_next_token_loss(logits, ids)
 
 
 def saliency_scores(model, ids: torch.Tensor, *, far_w: int = 64, tile: int = 512, loss_fn=summed_loss,

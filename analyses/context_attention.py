@@ -17,11 +17,13 @@ calibration split's mean log-probability of the passage answer (supervised), in 
 
 Test split (chat mode): answer accuracy — the passage's answer vs the world answer of the model's prior — clean
 vs steered vs the same γ on as many random heads (``n_random`` draws), Wilson 95% intervals and the exact McNemar
-test vs clean; plain-prompt accuracy for reference; the span mass of the selected heads before / after.
+test vs clean; plain-prompt accuracy for reference (its Wilson interval, and McNemar vs the clean chat run);
+the span mass of the selected heads before / after.
 
 Score rows (analysis ``context_attention``): head level ``span_mass_plain``, ``span_mass_chat``,
 ``span_mass_drop``, ``steer_selected``; model level ``steer_gamma``, ``steer_span_mass_before`` /
-``steer_span_mass_after``, ``context_qa_accuracy_plain`` and the accuracy rows of ``_calibration_eval``.
+``steer_span_mass_after`` and the accuracy rows of ``_calibration_eval`` (conditions clean, steered, random{k}
+and plain: ``context_qa_accuracy_plain`` with ci_low/ci_high, ``context_qa_mcnemar_p_plain``, ``…_delta_plain``).
 Needs a model with a chat template. Tested in ``tests/unit/test_calibration_steering.py``.
 """
 
@@ -106,8 +108,7 @@ def run(model, params=None, out_dir=None) -> dict:
     common = dict(model=model.name, analysis="context_attention")
     n_cal, n_test = len(cal), len(test)
     return {"scores": ScoreTable.concat([
-        accuracy_rows(scores, task="context_qa", **common),
-        ScoreTable.scalar(plain_acc.accuracy, score="context_qa_accuracy_plain", n_samples=n_test, **common),
+        accuracy_rows({**scores, "plain": plain_acc}, task="context_qa", **common),  # plain: + Wilson, McNemar
         ScoreTable.from_matrix(plain, score="span_mass_plain", n_samples=n_cal, **common),
         ScoreTable.from_matrix(chat, score="span_mass_chat", n_samples=n_cal, **common),
         ScoreTable.from_matrix(drop, score="span_mass_drop", n_samples=n_cal, **common),

@@ -14,8 +14,8 @@ and Transferable Adversarial Attacks on Aligned Language Models", github llm-att
 or of ``EXTRA_PHRASES`` (common additions: "I can't", "I'm unable", "I am unable", "I'm not able", "I will
 not"). Curly apostrophes are normalised first. ``refusal_rate`` = refused / prompts. Keyword judges have known
 false positives (e.g. "As an" in a benign answer) and negatives; the harmless contrast set measures the first.
-Rates come with a Wilson 95% interval (``wilson_interval``); a paired comparison of two conditions on the same
-prompts uses the exact McNemar test on the discordant pairs (``mcnemar_exact_p``).
+Rates come with a Wilson 95% interval (``interp.stats.wilson_interval``); a paired comparison of two conditions on
+the same prompts uses the exact McNemar test on the discordant pairs (``interp.stats.mcnemar_exact_p``).
 
 Validated in ``tests/unit/test_safety_refusal.py`` (the judge on hand-written responses; batched, left-padded,
 hooked generation equals one-prompt-at-a-time generation with the head ablated by weight surgery) and
@@ -25,7 +25,6 @@ McNemar against binomial sums by hand, first-token log-probs against weight surg
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ import torch
 
 from interp.heads import random_heads
 from interp.params import ParamError, Params, param
+from interp.stats import mcnemar_exact_p, wilson_interval  # noqa: F401 (public here too, as before)
 
 from ._safety_data import (
     BUILTIN,
@@ -119,34 +119,6 @@ def refusal_rate(model, prompts: str | Sequence[str] = "advbench", *, n: int | N
     refused = [is_refusal(g) for g in gens]
     return RefusalResult(rate=sum(refused) / len(refused), refused=refused, generations=gens, prompts=ps,
                          ablated=list(ablate))
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion ``k / n`` (default 95%: ``z`` = Φ⁻¹(0.975))::
-
-        (p̂ + z²/2n ± z √(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n)
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int (the number of prompts), got {n!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise ValueError(f"k must be an int in [0, n={n}] (the number refused), got {k!r}")
-    p, z2 = k / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
-    return (0.0 if k == 0 else lo), (1.0 if k == n else hi)  # exact ends (the roots are 0 and 1 there)
-
-
-def mcnemar_exact_p(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for paired binary outcomes: ``b``, ``c`` = discordant pair counts
-    (e.g. refused clean but not ablated, and the reverse); ``min(1, 2 P[Bin(b + c, 1/2) <= min(b, c)])``."""
-    if min(b, c) < 0:
-        raise ValueError(f"discordant counts must be >= 0, got {b}, {c}")
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 # --- the report entry ("safety" in interp.analyses.registry) ---------------------------------------------------

@@ -13,6 +13,7 @@ Prints a table and writes ``reports/bench/attention_saliency.json`` with ``uptim
 saliency scores of the longest length (the findings).
 
     python benchmarks/attention_saliency.py [--lengths 2048 4096 8192] [--tile 512] [--threads 2]
+        [--modes plain saliency] [--out reports/bench/attention_saliency.json]
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="default")
     ap.add_argument("--out", default="reports/bench/attention_saliency.json")
     ap.add_argument("--child-timeout", type=int, default=420, help="seconds per measured process")
+    ap.add_argument("--modes", nargs="+", choices=("plain", "saliency"), default=["plain", "saliency"])
     ap.add_argument("--child", choices=("plain", "saliency"))
     ap.add_argument("--n", type=int)
     args = ap.parse_args(argv)
@@ -98,7 +100,7 @@ def main(argv=None) -> dict:
           f"{'dense/layer MB':>15} {'dense all MB':>13}")
     for n in args.lengths:
         dense = shape.n_heads * n * n * 4 / 2**20
-        for mode in ("plain", "saliency"):
+        for mode in args.modes:
             r = run_child(mode, n, args)
             r.update(dense_pattern_per_layer_mb=round(dense, 1),
                      dense_pattern_all_layers_mb=round(dense * shape.n_layers, 1), uptime_after=uptime())

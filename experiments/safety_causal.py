@@ -253,7 +253,7 @@ def refusal_stage(st: Study, conditions):
     """3b. Each condition's refusal rates (checkpointed), summarised after each one."""
     import torch
 
-    from interp.analyses.refusal import mcnemar_exact_p, wilson_interval
+    from interp.stats import mcnemar_exact_p, wilson_interval
 
     a = st.a
     key = f"{a.model}|{a.template}|h{a.n_harmful}|b{a.n_harmless}|t{a.max_new_tokens}"

@@ -7,7 +7,9 @@ names.
 - ``kl_to_clean`` / ``mean_kl_to_clean``: KL(p_clean ‖ p) at ``pos`` (``pos=None``: mean over positions)
 - ``next_token_loss`` / ``mean_next_token_loss``: mean over t of −log p(ids[b, t+1] | ids[b, ≤t]) (padding
   targets masked out, targets after ``from_pos``); ``next_token_loss_per_token``: ``[batch, pos − 1]``, entry t
-  the loss of predicting ``ids[b, t + 1]``
+  the loss of predicting ``ids[b, t + 1]``; ``summed_next_token_loss``: the scalar Σ over the batch and every
+  target, in position chunks under activation checkpointing (one chunk's float64 log-softmax over the vocabulary
+  alive at a time, forward and backward: the loss of long-context gradient methods)
 
 ``kl_div(log_p, log_q)`` is the KL divergence itself, ``Σ_v p_v (log p_v − log q_v)`` along the last axis of
 log-probabilities ``[..., d_vocab]``, in float64 and clamped at 0 (rounding can make the KL of two nearly equal
@@ -136,6 +138,35 @@ def next_token_loss_per_token(logits: torch.Tensor, ids: torch.Tensor) -> torch.
         raise ValueError("the next-token loss needs at least 2 positions (it predicts token t + 1 from t)")
     lp = torch.log_softmax(logits[:, :-1].double(), -1)
     return -lp.gather(-1, ids[:, 1:, None].to(lp.device).long()).squeeze(-1)
+
+
+def summed_next_token_loss(logits: torch.Tensor, ids: torch.Tensor, *, chunk: int = 512) -> torch.Tensor:
+    """Scalar float64: Σ over ``b`` and ``t`` of −log p(``ids[b, t + 1]`` | ``ids[b, ≤ t]``), the sum of
+    ``next_token_loss_per_token``, computed over ``chunk`` target positions at a time. When ``logits`` needs a
+    gradient each chunk runs under ``torch.utils.checkpoint`` (the float64 log-softmax is recomputed in the
+    backward), so beyond ``logits`` and its gradient the memory is O(batch · chunk · d_vocab), not
+    O(batch · pos · d_vocab) (at 8192 tokens and a 49K vocabulary the unchunked form holds ~10 GB of float64).
+    ``logits [batch, pos, d_vocab]``, ``ids [batch, pos]``."""
+    from torch.utils.checkpoint import checkpoint
+
+    _check_logits(logits)
+    if not isinstance(ids, torch.Tensor) or ids.shape != logits.shape[:2]:
+        raise ValueError(f"ids {tuple(getattr(ids, 'shape', ()))} must be [batch, pos] matching logits "
+                         f"{tuple(logits.shape)}")
+    if ids.shape[1] < 2:
+        raise ValueError("the next-token loss needs at least 2 positions (it predicts token t + 1 from t)")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int (target positions per chunk), got {chunk!r}")
+    pred, targets = logits[:, :-1], ids[:, 1:].to(logits.device).long()
+
+    def part(lg, tg):
+        return -torch.log_softmax(lg.double(), -1).gather(-1, tg[..., None]).sum()
+
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    for s in range(0, targets.shape[1], chunk):
+        lg, tg = pred[:, s:s + chunk], targets[:, s:s + chunk]
+        total = total + (checkpoint(part, lg, tg, use_reentrant=False) if lg.requires_grad else part(lg, tg))
+    return total
 
 
 def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, *, mask: torch.Tensor | None = None,

@@ -10,7 +10,10 @@ Layout (drawn by ``static/atlas.js`` from one compact JSON payload; plotly.js �
   a chosen score with this head marked, and the token-level attention view (top-k keys per query position from
   ``interp.report.example``; never an n×n pattern);
 * score browser: pick a score (grouped by analysis) → heatmap + distribution + top heads (head / KV-head level),
-  a bar chart + table (layer level); the model-level numbers of every analysis in tables.
+  a bar chart + table (layer level); the model-level numbers of every analysis in tables;
+* head clusters (``static/atlas_clusters.js``; when ``head_similarity`` ran): each average-linkage cluster of heads
+  with its size, the roles its members carry and its members; clicking a cluster shows its heads on the map, and
+  the map can be coloured by cluster ("which heads cluster with the retrieval heads?" at a glance).
 
 Values are stored at full float64 precision (shortest repr: ranks and ties in the page equal the table's), NaN
 as ``null``; ±inf (``*_ratio`` scores; not JSON) as ``null`` with the model-level tables showing ``inf``.
@@ -75,6 +78,21 @@ def role_entries(roles: pd.DataFrame) -> dict:
     return out
 
 
+CLUSTER_SCORE = ("head_similarity", "cluster")  # (analysis, score) of the head-level cluster labels
+
+
+def cluster_entry(scores: pd.DataFrame, shape) -> dict | None:
+    """The clustering the atlas shows: ``{"analysis", "score", "labels"}`` with ``labels`` the integer cluster of
+    each head, row-major over ``[layer, head]`` (``None`` where a head has no label); ``None`` when the report
+    has no head-level ``head_similarity/cluster`` score."""
+    a, s = CLUSTER_SCORE
+    part = scores[(scores["analysis"] == a) & (scores["score"] == s) & (scores["level"] == "head")]
+    if part.empty:
+        return None
+    labels = [None if v is None else int(round(v)) for v in _grid_values(part, "head", shape)]
+    return {"analysis": a, "score": s, "labels": labels}
+
+
 def payload(scores: pd.DataFrame, roles: pd.DataFrame, *, model_name: str, shape, params: dict | None = None,
             example: dict | None = None) -> dict:
     """Everything the page draws, as one JSON-able dict."""
@@ -94,7 +112,8 @@ def payload(scores: pd.DataFrame, roles: pd.DataFrame, *, model_name: str, shape
                       "d_head": getattr(shape, "d_head", None)},
             "analyses": list(dict.fromkeys(scores["analysis"])), "params": params or {},
             "scores": score_entries(scores, shape), "model_scores": model_entries(scores),
-            "roles": role_entries(roles), "rules": rules, "example": example}
+            "roles": role_entries(roles), "rules": rules, "example": example,
+            "clusters": cluster_entry(scores, shape)}
 
 
 def _json(data: dict) -> str:
@@ -118,4 +137,5 @@ def render_atlas(scores: pd.DataFrame, roles: pd.DataFrame | None = None, *, mod
             "<div id='app'></div>"
             f"<script>{_static('plotly-cartesian.min.js')}</script>"
             f"<script id='atlas-data' type='application/json'>{_json(data)}</script>"
+            f"<script>{_static('atlas_clusters.js')}</script>"
             f"<script>{_static('atlas.js')}</script></body></html>\n")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interp.report.atlas import render_atlas
+from interp.report.atlas import cluster_entry, render_atlas
 from interp.report.example import build_example, decode, example_ids
 from interp.report.roles import assign_roles
 from interp.scores import ScoreTable
@@ -266,6 +266,55 @@ def test_score_browser_draws_the_chosen_score(browser, page, planted):
     model_rows = [r.text for r in css(browser, "#model-level table.model-level tr")]
     assert model_rows[1] == "sink_rate_prose 0.25 0.1 0.4 4"
     assert not errors(browser)
+
+
+@pytest.fixture(scope="module")
+def clustered(planted, model):
+    """The planted scores plus head_similarity cluster labels: sizes 4 / 2 / 2 over the 8 heads."""
+    labels = np.array([[0, 0, 1, 2], [1, 1, 2, 1]], float)
+    return ScoreTable.concat([planted, ScoreTable.from_matrix(labels, analysis="head_similarity", score="cluster",
+                                                              model=model.name, n_samples=4)])
+
+
+def test_cluster_entry_is_the_score_tables_labels(clustered, planted, model):
+    assert cluster_entry(clustered, model.shape)["labels"] == [0, 0, 1, 2, 1, 1, 2, 1]
+    assert cluster_entry(planted, model.shape) is None
+
+
+@needs_browser
+def test_cluster_view_lists_members_and_roles_and_shows_a_cluster(browser, clustered, planted, model, tmp_path):
+    s = model.shape
+    page = tmp_path / "clusters.html"
+    page.write_text(render_atlas(clustered, model_name=model.name, shape=s))
+    open_page(browser, page)
+    sub = clustered[clustered["score"] == "cluster"]
+    want = {int(c): sorted(f"L{r.layer}H{r.head}" for r in g.itertuples()) for c, g in sub.groupby("value")}
+    rows = css(browser, "#cluster-table tr.cluster-row")
+    got = {int(r.get_attribute("data-cluster")): sorted(r.get_attribute("data-members").split()) for r in rows}
+    assert got == want
+    assert [int(r.find_element("css selector", "td.size").text) for r in rows] == [4, 2, 2]  # largest first
+    roles = assign_roles(clustered, s)
+    for r in rows:
+        members = r.get_attribute("data-members").split()
+        expect = roles[roles["name"].isin(members)].drop_duplicates(["name", "role"])["role"].value_counts()
+        shown = {x.get_attribute("data-role"): int(x.get_attribute("data-count"))
+                 for x in r.find_elements("css selector", "td.roles span[data-role]")}
+        assert shown == expect.to_dict(), r.get_attribute("data-cluster")
+    rows[2].click()  # cluster 2: L0H3 (previous token) and L1H2 (induction)
+    lit = sorted(c.get_attribute("data-name") for c in css(browser, "#headmap .cell:not(.cdim)"))
+    assert lit == want[int(rows[2].get_attribute("data-cluster"))]
+    rows[2].click()
+    assert not css(browser, "#headmap .cell.cdim")
+    css(browser, "#cluster-colour")[0].click()
+    fill = {c.get_attribute("data-name"): c.value_of_css_property("background-color")
+            for c in css(browser, "#headmap .cell")}
+    for members in want.values():
+        assert len({fill[n] for n in members}) == 1
+    assert len({fill[m[0]] for m in want.values()}) == len(want)
+    assert not errors(browser)
+    page.write_text(render_atlas(planted, model_name=model.name, shape=s))  # no head_similarity: no view
+    open_page(browser, page)
+    assert not css(browser, "#clusters") and not errors(browser)
 
 
 @pytest.mark.slow  # a tiny report (~20-40 s on 2 busy cores) and Chromium

@@ -4,6 +4,8 @@ accuracies recomputed with hand-built interventions."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -88,6 +90,17 @@ def test_context_attention_end_to_end():
 
     got = score_choices(m, test, per_batch=per_batch, chat=True).accuracy
     assert _value(s, "context_qa_accuracy_steered") == got
+    plain, clean = score_choices(m, test).correct, score_choices(m, test, chat=True).correct
+    row = s[s["score"] == "context_qa_accuracy_plain"].iloc[0]
+    k, n = int(plain.sum()), len(test)
+    z = 1.959963984540054  # Wilson by hand: (p + z²/2n ± z √(p(1−p)/n + z²/4n²)) / (1 + z²/n), exact at 0 and n
+    centre, half = (k / n + z * z / (2 * n)), z * ((k / n) * (1 - k / n) / n + z * z / (4 * n * n)) ** 0.5
+    lo, hi = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    assert row.value == k / n and row.n_samples == n
+    assert row.ci_low == pytest.approx(0.0 if k == 0 else lo) and row.ci_high == pytest.approx(1.0 if k == n else hi)
+    b, c = int((clean & ~plain).sum()), int((~clean & plain).sum())
+    assert _value(s, "context_qa_mcnemar_p_plain") == pytest.approx(
+        1.0 if b + c == 0 else min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c)))
     if g > 1:
         assert _value(s, "steer_span_mass_after") > _value(s, "steer_span_mass_before")
 

@@ -91,6 +91,24 @@ def test_kl_to_clean_by_hand():
     torch.testing.assert_close(M.mean_kl_to_clean(lg, cl), old, atol=1e-15, rtol=0)
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_summed_next_token_loss_equals_the_elementwise_sum_and_its_gradient(chunk):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 8, 11, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 11, (2, 8))
+    by_hand = sum(-(logits[b, t, ids[b, t + 1]] - torch.logsumexp(logits[b, t], -1))
+                  for b in range(2) for t in range(7))
+    want = torch.autograd.grad(by_hand, logits)[0]
+    got = M.summed_next_token_loss(logits, ids, chunk=chunk)
+    assert got.dtype == torch.float64 and abs(got.item() - by_hand.item()) < 1e-12
+    assert torch.allclose(torch.autograd.grad(got, logits)[0], want, atol=1e-14, rtol=0)
+    assert want[:, -1].abs().max() == 0  # the last position predicts nothing
+    with torch.no_grad():
+        assert abs(float(M.summed_next_token_loss(logits.float(), ids, chunk=chunk)) - float(by_hand)) < 1e-4
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        M.summed_next_token_loss(logits, ids, chunk=0)
+
+
 def test_next_token_loss_by_hand_with_mask_and_from_pos():
     lg = _logits(6)
     ids = torch.randint(0, 13, (3, 5), generator=torch.Generator().manual_seed(1))

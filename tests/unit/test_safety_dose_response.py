@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from interp.analyses._safety_data import PAPER_TEMPLATE
-from interp.analyses.refusal import generate, mcnemar_exact_p, refusal_rate, wilson_interval
+from interp.analyses.refusal import generate, refusal_rate
 from interp.analyses.sahara import sahara
 from interp.analyses.ships import ships_dataset, ships_kl
+from interp.stats import mcnemar_exact_p, wilson_interval
 from interp.testing import tiny_model
 
 Z = 1.959963984540054

@@ -344,6 +344,10 @@
     });
     ms.appendChild(wrap); app.appendChild(ms);
   }
+  // ---- further views: scripts loaded before this one register a function in window.interpAtlasViews ----
+  var api = {D: D, el: el, badge: badge, name: name, grid: grid, app: app, before: browser, headRoles: headRoles,
+             roles: roles, PALETTE: PALETTE, openCard: openCard};
+  (window.interpAtlasViews || []).forEach(function (view) { view(api); });
   document.body.setAttribute("data-ready-ms", String(Math.round(performance.now())));
   document.body.setAttribute("data-ready", "1");
 })();
