@@ -128,14 +128,18 @@ def mean_kl_to_clean(logits: torch.Tensor, clean_logits: torch.Tensor, pos: int 
 
 # --- next-token loss -------------------------------------------------------------------------------------------------
 
-def next_token_loss_per_token(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``[batch, pos − 1]`` float64: entry t is −log p(``ids[b, t + 1]`` | ``ids[b, ≤ t]``)."""
+def _check_next_token(logits, ids) -> None:
     _check_logits(logits)
     if not isinstance(ids, torch.Tensor) or ids.shape != logits.shape[:2]:
         raise ValueError(f"ids {tuple(getattr(ids, 'shape', ()))} must be [batch, pos] matching logits "
                          f"{tuple(logits.shape)}")
     if ids.shape[1] < 2:
         raise ValueError("the next-token loss needs at least 2 positions (it predicts token t + 1 from t)")
+
+
+def next_token_loss_per_token(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos − 1]`` float64: entry t is −log p(``ids[b, t + 1]`` | ``ids[b, ≤ t]``)."""
+    _check_next_token(logits, ids)
     lp = torch.log_softmax(logits[:, :-1].double(), -1)
     return -lp.gather(-1, ids[:, 1:, None].to(lp.device).long()).squeeze(-1)
 
@@ -149,12 +153,7 @@ def summed_next_token_loss(logits: torch.Tensor, ids: torch.Tensor, *, chunk: in
     ``logits [batch, pos, d_vocab]``, ``ids [batch, pos]``."""
     from torch.utils.checkpoint import checkpoint
 
-    _check_logits(logits)
-    if not isinstance(ids, torch.Tensor) or ids.shape != logits.shape[:2]:
-        raise ValueError(f"ids {tuple(getattr(ids, 'shape', ()))} must be [batch, pos] matching logits "
-                         f"{tuple(logits.shape)}")
-    if ids.shape[1] < 2:
-        raise ValueError("the next-token loss needs at least 2 positions (it predicts token t + 1 from t)")
+    _check_next_token(logits, ids)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (target positions per chunk), got {chunk!r}")
     pred, targets = logits[:, :-1], ids[:, 1:].to(logits.device).long()
